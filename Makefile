@@ -1,0 +1,39 @@
+# Hydra overrides pass straight through:  make train model=rnn_attention trainer.max_epochs=5
+# (make sees them as variable assignments; MAKEOVERRIDES hands them on to Hydra).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+HYDRA_ARGS = $(filter-out RUN=% RUNS=% TORCH=% VENV=% PYTHON=% MINUTES=%,$(MAKEOVERRIDES))
+MINUTES ?= 20
+
+.PHONY: install train eval tensorboard test lint baselines clean
+
+install:  ## virtualenv + the package; TORCH=torch for your platform's default (CUDA) build
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+
+train:  ## train the default model (Transformer, Multi30k de->en); any Hydra override
+	$(PY) -m translate.train $(HYDRA_ARGS)
+
+eval:  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
+	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
+	$(PY) -m translate.evaluate run=$(RUN) $(HYDRA_ARGS)
+
+tensorboard:  ## serve every run under runs/
+	$(VENV)/bin/tensorboard --logdir runs --bind_all
+
+baselines:  ## each model for MINUTES minutes on full Multi30k, then evaluated (resumable)
+	PYTHON=$(PY) scripts/train_baselines.sh $(MINUTES) runs/baselines $(HYDRA_ARGS)
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check translate tests scripts
+	$(VENV)/bin/ruff format --check translate tests scripts
+
+clean:
+	rm -rf outputs multirun .pytest_cache

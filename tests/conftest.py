@@ -1,0 +1,61 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from translate.config import register_configs
+from translate.data.corpus import SHARED_MULTI30K
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_configs()
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def multi30k_dir() -> Path:
+    """The real corpus in ../shared; its absence fails under CI=true and skips elsewhere."""
+    if not (SHARED_MULTI30K / "train.de.gz").exists():
+        message = f"Multi30k not found at {SHARED_MULTI30K}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_MULTI30K
+
+
+def compose_train(overrides: list[str]):
+    """The training config exactly as `python -m translate.train <overrides>` would see it."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+SMALL_DATA = [
+    "data.train_limit=1500",
+    "data.valid_limit=40",
+    "data.test_limit=40",
+    "data.tokenizer.vocab_size=600",
+]
+SMALL_MODELS = {
+    "rnn": ["model=rnn", "model.emb_dim=32", "model.hidden_dim=48"],
+    "rnn_attention": ["model=rnn_attention", "model.emb_dim=32", "model.hidden_dim=48", "model.attention_dim=32"],
+    "transformer": [
+        "model=transformer",
+        "model.d_model=32",
+        "model.heads=2",
+        "model.ff_dim=64",
+        "model.enc_layers=2",
+        "model.dec_layers=2",
+    ],
+}
+
+
+@pytest.fixture
+def small_cfg(tmp_path):
+    """A config for a tiny model on a slice of Multi30k, with the tokenizer cache in tmp_path's parent."""
+
+    def make(model: str, *extra: str):
+        cache = tmp_path.parent / "tokenizers"
+        return compose_train([*SMALL_DATA, *SMALL_MODELS[model], f"data.tokenizer.cache_dir={cache}", *extra])
+
+    return make

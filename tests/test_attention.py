@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from translate.models.attention import SCORERS, MultiHeadAttention, ScaledDotAttention, build_attention
+
+B, S, Q = 3, 7, 16
+
+
+def _inputs(memory_dim=Q):
+    torch.manual_seed(0)
+    mask = torch.ones(B, S, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 1:] = False
+    return torch.randn(B, Q), torch.randn(B, S, memory_dim), mask
+
+
+@pytest.mark.parametrize("name", list(SCORERS))
+def test_weights_sum_to_one_and_ignore_padding(name):
+    query, memory, mask = _inputs()
+    attn = build_attention(name, Q, Q, attention_dim=8, heads=2)
+    context, weights = attn(query, attn.project_keys(memory), memory, mask)
+    assert context.shape == (B, Q) and weights.shape == (B, S)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B))
+    assert torch.all(weights[~mask] == 0)
+    assert torch.all(weights[mask] > 0)
+
+
+@pytest.mark.parametrize("name", list(SCORERS))
+def test_padding_content_does_not_change_context(name):
+    query, memory, mask = _inputs()
+    attn = build_attention(name, Q, Q, attention_dim=8, heads=2)
+    noisy = memory.masked_fill(~mask.unsqueeze(-1), 1e4)
+    a = attn(query, attn.project_keys(memory), memory, mask)[0]
+    b = attn(query, attn.project_keys(noisy), noisy, mask)[0]
+    torch.testing.assert_close(a, b)
+
+
+def test_additive_keys_differ_from_query_size():
+    query, memory, mask = _inputs(memory_dim=2 * Q)
+    attn = build_attention("additive", Q, 2 * Q, attention_dim=10)
+    context, _ = attn(query, attn.project_keys(memory), memory, mask)
+    assert context.shape == (B, 2 * Q)
+
+
+def test_scaled_dot_matches_torch_sdpa():
+    query, memory, mask = _inputs()
+    attn = ScaledDotAttention(Q, Q)
+    keys = attn.project_keys(memory)
+    context, _ = attn(query, keys, memory, mask)
+    expected = F.scaled_dot_product_attention(query[:, None], keys, memory, attn_mask=mask[:, None, :])[:, 0]
+    torch.testing.assert_close(context, expected)
+
+
+def test_multihead_with_one_head_and_identity_projections_is_scaled_dot():
+    query, memory, mask = _inputs()
+    multi = MultiHeadAttention(Q, Q, Q, heads=1)
+    single = ScaledDotAttention(Q, Q)
+    with torch.no_grad():
+        for layer in (multi.query_proj, multi.key_proj, multi.value_proj, multi.out_proj, single.key_proj):
+            layer.weight.copy_(torch.eye(Q))
+    a = multi(query, multi.project_keys(memory), memory, mask)
+    b = single(query, single.project_keys(memory), memory, mask)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_unknown_scorer_and_dot_size_mismatch_are_clear():
+    with pytest.raises(ValueError, match="unknown model.attention='bogus'; choose one of additive"):
+        build_attention("bogus", Q, Q, 8)
+    with pytest.raises(ValueError, match="use model.attention=general"):
+        build_attention("dot", Q, 2 * Q, 8)

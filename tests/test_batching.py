@@ -1,0 +1,45 @@
+import torch
+
+from translate.data.batching import bucketed_batch_order, collate, pad, sorted_batch_order
+from translate.data.tokenizer import BOS, EOS, PAD
+
+
+def test_collate_pads_and_masks():
+    batch = collate([[5, 6, 7], [8]], [[9], [10, 11, 12]], [0, 1])
+    assert batch.src.tolist() == [[5, 6, 7, EOS], [8, EOS, PAD, PAD]]
+    assert batch.src_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch.tgt_in.tolist() == [[BOS, 9, PAD, PAD], [BOS, 10, 11, 12]]
+    assert batch.tgt_out.tolist() == [[9, EOS, PAD, PAD], [10, 11, 12, EOS]]
+    assert batch.num_tgt_tokens == 6
+
+
+def test_pad_value():
+    assert pad([[1], [2, 3]], value=-1).tolist() == [[1, -1], [2, 3]]
+
+
+def _lengths(n=3000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 60, (n,), generator=g).tolist()
+
+
+def test_bucketed_batches_cover_everything_once_within_budget():
+    lengths = _lengths()
+    batches = bucketed_batch_order(lengths, batch_tokens=1000, seed=1, epoch=0)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths)))
+    assert all(max(lengths[i] for i in b) * len(b) <= 1000 for b in batches)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded < 1.1 * sum(lengths)  # bucketing keeps padding low
+
+
+def test_order_is_fixed_by_seed_and_epoch():
+    lengths = _lengths()
+    a = bucketed_batch_order(lengths, 1000, seed=1, epoch=3)
+    assert a == bucketed_batch_order(lengths, 1000, seed=1, epoch=3)
+    assert a != bucketed_batch_order(lengths, 1000, seed=1, epoch=4)
+    assert a != bucketed_batch_order(lengths, 1000, seed=2, epoch=3)
+
+
+def test_over_long_sentence_gets_its_own_batch():
+    batches = sorted_batch_order([3, 500, 4], batch_tokens=100)
+    assert [1] in batches and sorted(i for b in batches for i in b) == [0, 1, 2]

@@ -1,0 +1,114 @@
+"""Each model trained for a few steps on a slice of the real Multi30k, evaluated, its events read back."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from translate.checkpoint import load_checkpoint
+from translate.config import EvalConfig
+from translate.evaluate import evaluate, load_run
+from translate.train import train
+from translate.trainer import NonFiniteLossError, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["trainer.max_steps=6", "trainer.valid_every=3", "trainer.log_every=2", "trainer.batch_tokens=1500", "trainer.warmup_steps=2"]
+
+
+def _events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.parametrize("model", ["rnn", "rnn_attention", "transformer"])
+def test_train_evaluate_and_read_events(model, multi30k_dir, small_cfg, tmp_path):
+    run = tmp_path / "run"
+    cfg = small_cfg(model, *STEPS)
+    train(cfg, run)
+    for name in ("config.yaml", "tokenizer.model", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    assert OmegaConf.load(run / "config.yaml").model.name == model
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+
+    result = evaluate(run, OmegaConf.structured(EvalConfig))
+    assert result["sentences"] == 40 and result["model"] == model
+    assert result["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert sum(b["sentences"] for b in result["bleu_by_length"]) == 40
+    assert json.loads((run / "eval" / "test.json").read_text())["bleu"] == result["bleu"]
+    assert len((run / "eval" / "test.hyp").read_text().splitlines()) == 40
+
+    acc = _events(run)
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "valid/loss", "valid/ppl", "valid/bleu"} <= tags
+    assert [e.step for e in acc.Scalars("valid/loss")] == [3, 6]
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert "eval/test/bleu" in tags
+    assert "valid/samples/text_summary" in acc.Tags()["tensors"]
+
+
+def test_resume_continues_exactly(multi30k_dir, small_cfg, tmp_path):
+    straight = Trainer(small_cfg("transformer", *STEPS), tmp_path / "a")
+    straight.fit()
+    first = Trainer(small_cfg("transformer", *STEPS[1:], "trainer.max_steps=3"), tmp_path / "b")
+    first.fit()
+    resumed = Trainer(small_cfg("transformer", *STEPS, f"resume={tmp_path / 'b'}"), tmp_path / "b")
+    assert resumed.step == 3
+    resumed.fit()
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(multi30k_dir, small_cfg, tmp_path, monkeypatch):
+    trainer = Trainer(small_cfg("rnn", *STEPS), tmp_path / "run")
+    trainer.validate()  # writes last.pt / best.pt
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    original = trainer.loss
+    monkeypatch.setattr(trainer, "loss", lambda batch: tuple(x * float("nan") for x in original(batch)))
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss at step 2; lower trainer.lr"):
+        trainer.fit()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_train_then_eval_any_files(multi30k_dir, tmp_path):
+    run = tmp_path / "cli-run"
+    from conftest import SMALL_DATA, SMALL_MODELS
+
+    cache = f"data.tokenizer.cache_dir={tmp_path / 'tok'}"
+    done = _cli("-m", "translate.train", *SMALL_DATA, *SMALL_MODELS["rnn_attention"], *STEPS, cache, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "train.log").read_text().count("valid loss") == 2
+
+    src, ref = tmp_path / "my.de", tmp_path / "my.en"
+    src.write_text("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
+    ref.write_text("A man rides a bike.\nTwo dogs play in the snow.\n")
+    done = _cli("-m", "translate.evaluate", f"run={run}", f"eval.src={src}", f"eval.ref={ref}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "my: 2 sentences, rnn_attention" in done.stdout and "BLEU" in done.stdout and "nrefs:1|case:mixed" in done.stdout
+    assert json.loads((run / "eval" / "my.json").read_text())["sentences"] == 2
+    model, tokenizer, cfg, _ = load_run(run)
+    assert cfg.model.name == "rnn_attention" and not model.training
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    done = _cli("-m", "translate.evaluate", f"run={tmp_path}")
+    assert done.returncode != 0
+    assert (
+        done.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/best.pt: no checkpoint here; "
+        "train first (make train) or choose eval.checkpoint=last|best|<file.pt>"
+    )
+    done = _cli("-m", "translate.train", "model.hiden_dim=3")
+    assert done.returncode != 0 and "Key 'hiden_dim' not in 'ModelConfig'" in done.stderr
+    done = _cli("-m", "translate.train", "model=lstm")
+    assert done.returncode != 0 and "Could not find 'model/lstm'" in done.stderr

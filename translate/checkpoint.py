@@ -1,0 +1,46 @@
+"""Checkpoints: written atomically, read back with `weights_only=True`."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(FileNotFoundError):
+    pass
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        hint = "train first (make train) or pass eval.checkpoint=last / a path to a .pt file"
+        raise CheckpointError(f"{path}: no checkpoint here; {hint}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """`best` / `last` inside a run directory, or an explicit path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found; pass RUN=<a directory written by make train>")
+    path = Path(which) if which.endswith(".pt") else run_dir / f"{which}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here; train first (make train) or choose eval.checkpoint=last|best|<file.pt>")
+    return path

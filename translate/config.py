@@ -1,0 +1,125 @@
+"""Structured config schemas, registered with Hydra's ConfigStore.
+
+Every YAML file under ``configs/`` is merged onto one of these dataclasses, so
+an unknown key (``model.hiden_dim=…``) or a wrong type is an error at start-up,
+not a silently ignored setting.  Config groups mirror code modules:
+``data`` → ``translate/data``, ``model`` → ``translate/models``,
+``trainer`` → ``translate/trainer.py``, ``eval`` → ``translate/evaluate.py``.
+"""
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    model_type: str = "unigram"  # unigram | bpe | char | word (SentencePiece)
+    character_coverage: float = 1.0
+    input_sentence_size: int = 1_000_000  # sentences sampled for training SentencePiece
+    cache_dir: str = "data/cache/tokenizers"  # relative to the project root
+
+
+@dataclass
+class DataConfig:
+    name: str = "multi30k"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # Where the files come from, first match wins: `dir`, $TRANSLATE_DATA_DIR,
+    # ../shared/data/multi30k, then a one-off download of `url` into `download_dir`.
+    dir: str | None = None
+    url: str = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{split}.{lang}.gz"
+    download_dir: str = "data/multi30k"  # relative to the project root
+    sha256: dict[str, str] = field(default_factory=dict)  # file name -> checksum, checked after download
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_split: str = "test_2016_flickr"
+    train_limit: int | None = None  # keep only the first N training pairs (tests, quick runs)
+    valid_limit: int | None = None
+    test_limit: int | None = None
+    max_tokens: int = 128  # training pairs with more subword tokens on either side are dropped (and counted)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class ModelConfig:
+    """One schema for all model families; each family reads the fields it needs."""
+
+    name: str = "transformer"  # rnn | rnn_attention | transformer
+    dropout: float = 0.1
+    tie_embeddings: bool = True  # one embedding for source, target and output layer (joint vocabulary)
+    # rnn, rnn_attention
+    cell: str = "gru"  # gru | lstm
+    emb_dim: int = 256
+    hidden_dim: int = 256
+    enc_layers: int = 1
+    dec_layers: int = 1
+    bidirectional: bool = True
+    attention: str = "additive"  # additive (Bahdanau); see translate/models/attention.py
+    attention_dim: int = 256
+    # transformer
+    d_model: int = 256
+    heads: int = 4
+    ff_dim: int = 1024
+    pre_norm: bool = True  # pre-LN (stable without long warm-up) or post-LN (Vaswani et al. 2017)
+
+
+@dataclass
+class TrainerConfig:
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
+    batch_tokens: int = 4096  # padded source-or-target tokens per batch, whichever is larger
+    max_epochs: int = 30
+    max_steps: int = 0  # 0 = no limit
+    max_minutes: float = 0.0  # wall-clock budget, validation included; 0 = no limit
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 0.0
+    schedule: str = "inverse_sqrt"  # inverse_sqrt | constant
+    warmup_steps: int = 1000
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 = no clipping
+    log_every: int = 20
+    valid_every: int = 500  # steps; validation also runs at the end of training
+    valid_bleu_sentences: int = 0  # greedy-decode the first N validation pairs for BLEU; 0 = all
+    patience: int = 0  # stop after this many validations without a better BLEU; 0 = never
+    keep_last: int = 1  # numbered checkpoints kept besides last.pt and best.pt
+    num_samples: int = 3  # validation translations logged to TensorBoard as text
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resume: str | None = None  # a run directory to continue from its last.pt
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # test | valid | train, resolved through the run's data config
+    src: str | None = None  # score any plain-text pair instead of a split
+    ref: str | None = None
+    name: str | None = None  # output name under <run>/eval/; default: the split or the src file stem
+    checkpoint: str = "best"  # best | last | a path to a .pt file
+    batch_tokens: int = 6000
+    beam_size: int = 1
+    max_len_ratio: float = 2.0  # output length limit: ratio × source tokens + max_len_offset
+    max_len_offset: int = 10
+    length_buckets: list[int] = field(default_factory=lambda: [0, 10, 15, 20, 30, 1000])
+    device: str = "auto"
+
+
+@dataclass
+class EvaluateConfig:
+    run: str = "???"  # the run directory written by training
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)

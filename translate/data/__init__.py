@@ -1,0 +1,1 @@
+"""Data: corpora of sentence pairs, the SentencePiece tokenizer, token-bucketed batches."""

@@ -1,0 +1,135 @@
+"""Evaluate a trained run: `python -m translate.evaluate run=<run dir> [eval.src=… eval.ref=…]`.
+
+Decodes the test split (or any pair of plain-text files), detokenizes, and
+scores with sacreBLEU against the raw references: BLEU with its signature,
+chrF, and BLEU per source-length bucket.  Writes <run>/eval/<name>.json, the
+hypotheses as <run>/eval/<name>.hyp, and TensorBoard scalars into the run.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from translate.checkpoint import find_checkpoint, load_checkpoint
+from translate.config import register_configs
+from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
+from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from translate.metrics import bleu_by_length, corpus_scores
+from translate.models import build_model
+from translate.search import translate_ids
+from translate.trainer import resolve_device
+
+log = logging.getLogger(__name__)
+register_configs()
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"):
+    """(model in eval mode, tokenizer, run config, checkpoint dict) of a training run directory."""
+    run_dir = Path(run_dir)
+    path = find_checkpoint(run_dir, checkpoint)
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["config"])
+    tokenizer = Tokenizer(run_dir / "tokenizer.model")
+    model = build_model(cfg.model, ckpt["vocab_size"], PAD)
+    model.load_state_dict(ckpt["model"])
+    model.to(resolve_device(device)).eval()
+    return model, tokenizer, cfg, ckpt
+
+
+def translate_texts(model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True) -> list[str]:
+    """Raw source sentences in, detokenized translations out (input order kept)."""
+    sources = tokenizer.encode(texts)
+    with tqdm(total=len(texts), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:
+        hyps = translate_ids(
+            model,
+            sources,
+            BOS,
+            EOS,
+            batch_tokens=ec.batch_tokens,
+            max_len_ratio=ec.max_len_ratio,
+            max_len_offset=ec.max_len_offset,
+            progress=bar,
+        )
+    return tokenizer.decode([h.tokens for h in hyps])
+
+
+def evaluation_pairs(cfg, ec) -> tuple[str, Pairs]:
+    """The pairs to score and their name: eval.src/eval.ref files, or a split of the run's corpus."""
+    if ec.src or ec.ref:
+        if not (ec.src and ec.ref):
+            raise CorpusError("give both eval.src=<source file> and eval.ref=<reference file>")
+        return ec.name or Path(ec.src).name.split(".")[0], read_pair_files(ec.src, ec.ref)
+    if ec.split not in ("train", "valid", "test"):
+        raise CorpusError(f"unknown eval.split={ec.split!r}; choose test, valid or train")
+    return ec.name or ec.split, load_split(cfg.data, ec.split)
+
+
+def evaluate(run_dir: str | Path, ec) -> dict:
+    run_dir = Path(run_dir)
+    model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
+    name, pairs = evaluation_pairs(cfg, ec)
+    hypotheses = translate_texts(model, tokenizer, pairs.src, ec)
+    result = {
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "checkpoint": ec.checkpoint,
+        "step": ckpt["step"],
+        "name": name,
+        "src_lang": cfg.data.src_lang,
+        "tgt_lang": cfg.data.tgt_lang,
+        "sentences": len(pairs),
+        "decoding": {
+            "search": "greedy" if ec.beam_size == 1 else f"beam{ec.beam_size}",
+            "beam_size": ec.beam_size,
+            "max_len_ratio": ec.max_len_ratio,
+            "max_len_offset": ec.max_len_offset,
+        },
+        **corpus_scores(hypotheses, pairs.tgt),
+        "bleu_by_length": bleu_by_length(pairs.src, hypotheses, pairs.tgt, list(ec.length_buckets)),
+    }
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.hyp").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        writer.add_scalar(f"eval/{name}/bleu", result["bleu"], ckpt["step"])
+        writer.add_scalar(f"eval/{name}/chrf", result["chrf"], ckpt["step"])
+        for b in result["bleu_by_length"]:
+            if b["bleu"] is not None:
+                writer.add_scalar(f"eval/{name}/bleu_by_length/{b['min_words']:03d}-{b['max_words']:03d}", b["bleu"], ckpt["step"])
+    return result
+
+
+def format_result(result: dict) -> str:
+    lines = [
+        f"{result['name']}: {result['sentences']} sentences, {result['model']} step {result['step']}, {result['decoding']['search']}",
+        f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})",
+        f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})",
+        "BLEU by source length (words):",
+    ]
+    for b in result["bleu_by_length"]:
+        bleu = "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"
+        lines.append(f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu}  ({b['sentences']} sentences)")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = evaluate(cfg.run, cfg.eval)
+    except (CorpusError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(format_result(result))
+    print(f"wrote {Path(cfg.run) / 'eval' / (result['name'] + '.json')}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

@@ -1,0 +1,249 @@
+"""The training loop: where corpus, tokenizer, batches, model and evaluation meet.
+
+Everything that decides the next step (model, optimizer, schedule, RNG states,
+epoch and position in its batch order, counters, best score, patience) is one
+trainer state, saved to `last.pt` as a whole, so a killed run resumes exactly.
+"""
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from translate.checkpoint import load_checkpoint, save_checkpoint
+from translate.data.batching import bucketed_batch_order, collate
+from translate.data.corpus import PROJECT_ROOT, load_corpus
+from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer, train_or_load
+from translate.metrics import corpus_scores
+from translate.models import build_model, count_parameters
+from translate.search import translate_ids
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device=cpu")
+    return torch.device(name)
+
+
+def learning_rate_factor(schedule: str, warmup: int):
+    """Multiplier of the base lr at a step: linear warm-up, then constant or ∝ 1/√step (Vaswani et al. 2017)."""
+    if schedule not in ("inverse_sqrt", "constant"):
+        raise ValueError(f"unknown trainer.schedule={schedule!r}; choose inverse_sqrt or constant")
+
+    def factor(step: int) -> float:
+        step = max(step, 1)
+        if step < warmup:
+            return step / warmup
+        return math.sqrt(warmup / step) if schedule == "inverse_sqrt" and warmup > 0 else 1.0
+
+    return factor
+
+
+def encode_split(tokenizer: Tokenizer, pairs, max_tokens: int | None = None):
+    """Subword ids per side; with `max_tokens`, over-long pairs are dropped and counted."""
+    src, tgt = tokenizer.encode(pairs.src), tokenizer.encode(pairs.tgt)
+    if max_tokens:
+        keep = [i for i in range(len(src)) if len(src[i]) <= max_tokens and len(tgt[i]) <= max_tokens]
+        if len(keep) < len(src):
+            log.warning("dropped %d training pairs longer than data.max_tokens=%d", len(src) - len(keep), max_tokens)
+        src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+    return src, tgt
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: str | Path):
+        self.cfg, self.tc, self.run_dir = cfg, cfg.trainer, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(self.tc.seed)
+        random.seed(self.tc.seed)
+        if self.tc.threads > 0:
+            torch.set_num_threads(self.tc.threads)
+        self.device = resolve_device(self.tc.device)
+
+        corpus = load_corpus(cfg.data)
+        self.tokenizer = train_or_load(corpus["train"].src + corpus["train"].tgt, cfg.data.tokenizer, PROJECT_ROOT)
+        self.tokenizer.save(self.run_dir / "tokenizer.model")
+        self.train_src, self.train_tgt = encode_split(self.tokenizer, corpus["train"], cfg.data.max_tokens)
+        self.train_lengths = [max(len(s), len(t)) + 1 for s, t in zip(self.train_src, self.train_tgt)]
+        self.valid = corpus["valid"]
+        self.valid_src, self.valid_tgt = encode_split(self.tokenizer, self.valid)
+
+        self.model = build_model(cfg.model, len(self.tokenizer), PAD).to(self.device)
+        self.num_parameters = count_parameters(self.model)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas), weight_decay=self.tc.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, learning_rate_factor(self.tc.schedule, self.tc.warmup_steps))
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best_bleu, self.bad_validations, self.train_seconds = -1.0, 0, 0.0
+        if cfg.get("resume"):
+            self.load_state(Path(cfg.resume) / "last.pt")
+        log.info("model %s: %s parameters on %s", cfg.model.name, f"{self.num_parameters:,}", self.device)
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_bleu": self.best_bleu,
+            "bad_validations": self.bad_validations,
+            "train_seconds": self.train_seconds,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "vocab_size": len(self.tokenizer),
+        }
+
+    def load_state(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "bad_validations", "train_seconds"):
+            setattr(self, key, ckpt[key])
+        torch.set_rng_state(ckpt["torch_rng"])
+        random.setstate((3, tuple(ckpt["python_rng"]), None))
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.state_dict(), self.run_dir / f"{name}.pt")
+
+    # ---- training ----------------------------------------------------------------------------
+    def loss(self, batch):
+        """Label-smoothed cross-entropy summed over target tokens: returns (loss, nll), both sums."""
+        logits = self.model(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)
+        target = batch.tgt_out.flatten()
+        loss = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=self.tc.label_smoothing, reduction="sum")
+        nll = F.cross_entropy(logits.detach(), target, ignore_index=PAD, reduction="sum")
+        return loss, nll
+
+    def out_of_budget(self) -> bool:
+        return bool(
+            (self.tc.max_steps and self.step >= self.tc.max_steps)
+            or (self.tc.max_minutes and self.train_seconds >= 60 * self.tc.max_minutes)
+        )
+
+    def fit(self) -> dict:
+        """Train until max_epochs / max_steps / max_minutes or patience runs out; returns the last validation."""
+        tc, last_valid = self.tc, {}
+        started = time.perf_counter() - self.train_seconds
+        window = {"loss": torch.zeros((), device=self.device), "tokens": 0, "since": time.perf_counter()}
+        while self.epoch < tc.max_epochs and not self.out_of_budget():
+            order = bucketed_batch_order(self.train_lengths, tc.batch_tokens, tc.seed, self.epoch)
+            bar = tqdm(total=len(order), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", dynamic_ncols=True, mininterval=1.0)
+            while self.batch_in_epoch < len(order) and not self.out_of_budget():
+                indices = order[self.batch_in_epoch]
+                batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices).to(self.device)
+                self.model.train()
+                loss, nll = self.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                (loss / batch.num_tgt_tokens).backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm if tc.clip_norm > 0 else float("inf"))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                self.batch_in_epoch += 1
+                window["loss"] += nll
+                window["tokens"] += batch.num_tgt_tokens
+                self.train_seconds = time.perf_counter() - started
+                bar.update(1)
+                if self.step % tc.log_every == 0:
+                    self._log_train(window, grad_norm, bar)
+                if self.step % tc.valid_every == 0:
+                    last_valid = self.validate()
+                    if tc.patience and self.bad_validations >= tc.patience:
+                        log.info("no BLEU improvement in %d validations: stopping", tc.patience)
+                        bar.close()
+                        return last_valid
+            bar.close()
+            if self.batch_in_epoch >= len(order):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        if self.step % tc.valid_every:  # the final state is always validated and saved
+            last_valid = self.validate()
+        return last_valid
+
+    def _log_train(self, window, grad_norm, bar) -> None:
+        now = time.perf_counter()
+        loss = window["loss"].item() / max(1, window["tokens"])  # the only host sync of the loop
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.step}; lower trainer.lr or set trainer.clip_norm "
+                f"(last.pt keeps step {self.step - self.step % self.tc.valid_every})"
+            )
+        tokens_per_s = window["tokens"] / max(now - window["since"], 1e-9)
+        lr = self.scheduler.get_last_lr()[0]
+        for tag, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tokens_per_s), ("grad_norm", float(grad_norm))):
+            self.writer.add_scalar(f"train/{tag}", value, self.step)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        log.debug("step %d loss %.3f lr %.2e %.0f tok/s grad norm %.2f", self.step, loss, lr, tokens_per_s, float(grad_norm))
+        if self.step % (10 * self.tc.log_every) == 0:
+            log.info("step %d epoch %d loss %.3f lr %.2e %.0f target tok/s", self.step, self.epoch + 1, loss, lr, tokens_per_s)
+        window.update(loss=torch.zeros((), device=self.device), tokens=0, since=now)
+
+    # ---- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss / perplexity over all pairs, greedy BLEU over the first N; keep best.pt by BLEU."""
+        started = time.perf_counter()
+        self.model.eval()
+        nll, tokens = torch.zeros((), device=self.device), 0
+        for start in range(0, len(self.valid_src), 64):
+            idx = list(range(start, min(start + 64, len(self.valid_src))))
+            batch = collate([self.valid_src[i] for i in idx], [self.valid_tgt[i] for i in idx], idx).to(self.device)
+            nll += self.loss(batch)[1]
+            tokens += batch.num_tgt_tokens
+        n = self.tc.valid_bleu_sentences or len(self.valid_src)
+        hyps = translate_ids(self.model, self.valid_src[:n], BOS, EOS)
+        hypotheses = self.tokenizer.decode([h.tokens for h in hyps])
+        scores = corpus_scores(hypotheses, self.valid.tgt[:n])
+        loss = nll.item() / max(1, tokens)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite validation loss at step {self.step}; lower trainer.lr (best.pt and last.pt kept)")
+        result = {"step": self.step, "loss": loss, "ppl": math.exp(min(loss, 50)), "bleu": scores["bleu"], "chrf": scores["chrf"]}
+        improved = scores["bleu"] > self.best_bleu
+        self.best_bleu, self.bad_validations = (scores["bleu"], 0) if improved else (self.best_bleu, self.bad_validations + 1)
+        seconds = time.perf_counter() - started
+        for tag in ("loss", "ppl", "bleu", "chrf"):
+            self.writer.add_scalar(f"valid/{tag}", result[tag], self.step)
+        self.writer.add_scalar("valid/bleu_by_train_second", scores["bleu"], int(self.train_seconds))  # x: wall-clock seconds
+        self.writer.add_scalar("valid/seconds", seconds, self.step)
+        samples = "\n\n".join(
+            f"**src** {self.valid.src[i]}  \n**ref** {self.valid.tgt[i]}  \n**hyp** {hypotheses[i]}"
+            for i in range(min(self.tc.num_samples, n))
+        )
+        self.writer.add_text("valid/samples", samples, self.step)
+        self.writer.flush()
+        log.info(
+            "step %d valid loss %.3f ppl %.2f BLEU %.2f chrF %.2f%s (%.1fs)",
+            self.step,
+            loss,
+            result["ppl"],
+            scores["bleu"],
+            scores["chrf"],
+            " *best*" if improved else "",
+            seconds,
+        )
+        self.save("last")
+        if improved:
+            self.save("best")
+        return result
