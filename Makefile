@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-HYDRA_ARGS = $(filter-out RUN=% RUNS=% TORCH=% VENV=% PYTHON=% MINUTES=%,$(MAKEOVERRIDES))
+HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% MINUTES=%,$(MAKEOVERRIDES))
 MINUTES ?= 20
+EXPERIMENT ?= bottleneck
+OUT ?= runs/report
 
-.PHONY: install train eval tensorboard test lint baselines clean
+.PHONY: install train eval compare report tensorboard test lint baselines clean
 
 install:  ## virtualenv + the package; TORCH=torch for your platform's default (CUDA) build
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,13 @@ train:  ## train the default model (Transformer, Multi30k de->en); any Hydra ove
 eval:  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
 	$(PY) -m translate.evaluate run=$(RUN) $(HYDRA_ARGS)
+
+compare:  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report
+	$(PY) -m translate.train +experiment=$(EXPERIMENT) $(HYDRA_ARGS)
+
+report:  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from finished runs
+	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report]'; exit 2; }
+	$(PY) -m translate.report $(RUNS) --out $(OUT)
 
 tensorboard:  ## serve every run under runs/
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

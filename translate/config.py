@@ -22,8 +22,22 @@ class TokenizerConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """data=synthetic: copy or reverse random symbol sequences; a controlled test of the bottleneck."""
+
+    task: str = "reverse"  # reverse | copy
+    symbols: int = 32  # distinct tokens ("s0" … "s31"), each one word
+    min_len: int = 1
+    max_len: int = 60
+    train_size: int = 50_000
+    valid_size: int = 500
+    test_size: int = 1000
+    seed: int = 7  # train, valid and test use seed, seed + 1, seed + 2
+
+
+@dataclass
 class DataConfig:
-    name: str = "multi30k"
+    name: str = "multi30k"  # multi30k (or any directory of {split}.{lang}[.gz] files) | synthetic
     src_lang: str = "de"
     tgt_lang: str = "en"
     # Where the files come from, first match wins: `dir`, $TRANSLATE_DATA_DIR,
@@ -40,6 +54,7 @@ class DataConfig:
     test_limit: int | None = None
     max_tokens: int = 128  # training pairs with more subword tokens on either side are dropped (and counted)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
@@ -91,14 +106,6 @@ class TrainerConfig:
 
 
 @dataclass
-class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    resume: str | None = None  # a run directory to continue from its last.pt
-
-
-@dataclass
 class EvalConfig:
     split: str = "test"  # test | valid | train, resolved through the run's data config
     src: str | None = None  # score any plain-text pair instead of a split
@@ -110,7 +117,22 @@ class EvalConfig:
     max_len_ratio: float = 2.0  # output length limit: ratio × source tokens + max_len_offset
     max_len_offset: int = 10
     length_buckets: list[int] = field(default_factory=lambda: [0, 10, 15, 20, 30, 1000])
+    probe_k: int = 5  # long-sentence probe: join k = 1..probe_k consecutive pairs; 0 = no probe
+    probe_per_k: int = 200  # probe inputs per k
+    probe_length_buckets: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40, 50, 60, 1000])
     device: str = "auto"
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # a run directory to continue from its last.pt; `auto`: continue this run's directory if it
+    # holds last.pt, and skip training if it is finished (lets a cut comparison pick up again)
+    resume: str | None = None
+    evaluate: bool = False  # evaluate the best checkpoint (test split and probe) after training
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from translate.checkpoint import find_checkpoint, load_checkpoint
 from translate.config import register_configs
 from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
+from translate.data.probe import long_sentence_probe
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from translate.metrics import bleu_by_length, corpus_scores
 from translate.models import build_model
@@ -76,6 +77,17 @@ def evaluate(run_dir: str | Path, ec) -> dict:
     model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
     name, pairs = evaluation_pairs(cfg, ec)
     hypotheses = translate_texts(model, tokenizer, pairs.src, ec)
+    probe = None
+    if ec.probe_k > 1:
+        probe_pairs, _ = long_sentence_probe(pairs, ec.probe_k, ec.probe_per_k)
+        probe_hyps = translate_texts(model, tokenizer, probe_pairs.src, ec)
+        probe = {
+            "k_max": ec.probe_k,
+            "per_k": ec.probe_per_k,
+            "sentences": len(probe_pairs),
+            **corpus_scores(probe_hyps, probe_pairs.tgt),
+            "bleu_by_length": bleu_by_length(probe_pairs.src, probe_hyps, probe_pairs.tgt, list(ec.probe_length_buckets)),
+        }
     result = {
         "run": str(run_dir),
         "model": cfg.model.name,
@@ -93,6 +105,7 @@ def evaluate(run_dir: str | Path, ec) -> dict:
         },
         **corpus_scores(hypotheses, pairs.tgt),
         "bleu_by_length": bleu_by_length(pairs.src, hypotheses, pairs.tgt, list(ec.length_buckets)),
+        "probe": probe,
     }
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
@@ -101,9 +114,11 @@ def evaluate(run_dir: str | Path, ec) -> dict:
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         writer.add_scalar(f"eval/{name}/bleu", result["bleu"], ckpt["step"])
         writer.add_scalar(f"eval/{name}/chrf", result["chrf"], ckpt["step"])
-        for b in result["bleu_by_length"]:
-            if b["bleu"] is not None:
-                writer.add_scalar(f"eval/{name}/bleu_by_length/{b['min_words']:03d}-{b['max_words']:03d}", b["bleu"], ckpt["step"])
+        for prefix, buckets in ((name, result["bleu_by_length"]), (f"{name}_probe", (probe or {}).get("bleu_by_length", []))):
+            for b in buckets:
+                if b["bleu"] is not None:
+                    tag = f"eval/{prefix}/bleu_by_length/{b['min_words']:03d}-{b['max_words']:03d}"
+                    writer.add_scalar(tag, b["bleu"], ckpt["step"])
     return result
 
 
@@ -117,6 +132,12 @@ def format_result(result: dict) -> str:
     for b in result["bleu_by_length"]:
         bleu = "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"
         lines.append(f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu}  ({b['sentences']} sentences)")
+    if result.get("probe"):
+        probe = result["probe"]
+        lines.append(f"long-sentence probe (k = 1..{probe['k_max']} consecutive pairs joined): BLEU {probe['bleu']:.2f}, by length:")
+        for b in probe["bleu_by_length"]:
+            bleu = "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"
+            lines.append(f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu}  ({b['sentences']} sentences)")
     return "\n".join(lines)
 
 

@@ -92,6 +92,7 @@ class Trainer:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_bleu, self.bad_validations, self.train_seconds = -1.0, 0, 0.0
+        self.valid_seconds, self.tokens_trained = 0.0, 0
         if cfg.get("resume"):
             self.load_state(Path(cfg.resume) / "last.pt")
         log.info("model %s: %s parameters on %s", cfg.model.name, f"{self.num_parameters:,}", self.device)
@@ -108,6 +109,8 @@ class Trainer:
             "best_bleu": self.best_bleu,
             "bad_validations": self.bad_validations,
             "train_seconds": self.train_seconds,
+            "valid_seconds": self.valid_seconds,
+            "tokens_trained": self.tokens_trained,
             "torch_rng": torch.get_rng_state(),
             "python_rng": list(random.getstate()[1]),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -119,7 +122,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "bad_validations", "train_seconds"):
+        for key in ("step", "epoch", "batch_in_epoch", "best_bleu", "bad_validations", "train_seconds", "valid_seconds", "tokens_trained"):
             setattr(self, key, ckpt[key])
         torch.set_rng_state(ckpt["torch_rng"])
         random.setstate((3, tuple(ckpt["python_rng"]), None))
@@ -137,6 +140,10 @@ class Trainer:
         nll = F.cross_entropy(logits.detach(), target, ignore_index=PAD, reduction="sum")
         return loss, nll
 
+    def epoch_order(self) -> list[list[int]]:
+        """This epoch's batches, as indices into the training pairs; fixed by the seed and the epoch."""
+        return bucketed_batch_order(self.train_lengths, self.tc.batch_tokens, self.tc.seed, self.epoch)
+
     def out_of_budget(self) -> bool:
         return bool(
             (self.tc.max_steps and self.step >= self.tc.max_steps)
@@ -149,7 +156,7 @@ class Trainer:
         started = time.perf_counter() - self.train_seconds
         window = {"loss": torch.zeros((), device=self.device), "tokens": 0, "since": time.perf_counter()}
         while self.epoch < tc.max_epochs and not self.out_of_budget():
-            order = bucketed_batch_order(self.train_lengths, tc.batch_tokens, tc.seed, self.epoch)
+            order = self.epoch_order()
             bar = tqdm(total=len(order), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", dynamic_ncols=True, mininterval=1.0)
             while self.batch_in_epoch < len(order) and not self.out_of_budget():
                 indices = order[self.batch_in_epoch]
@@ -165,6 +172,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 window["loss"] += nll
                 window["tokens"] += batch.num_tgt_tokens
+                self.tokens_trained += batch.num_tgt_tokens
                 self.train_seconds = time.perf_counter() - started
                 bar.update(1)
                 if self.step % tc.log_every == 0:
@@ -200,6 +208,23 @@ class Trainer:
             log.info("step %d epoch %d loss %.3f lr %.2e %.0f target tok/s", self.step, self.epoch + 1, loss, lr, tokens_per_s)
         window.update(loss=torch.zeros((), device=self.device), tokens=0, since=now)
 
+    def summary(self) -> dict:
+        """What a comparison reports about this training run."""
+        step_seconds = max(self.train_seconds - self.valid_seconds, 1e-9)
+        return {
+            "model": self.cfg.model.name,
+            "parameters": self.num_parameters,
+            "steps": self.step,
+            "epochs": round(self.epoch + self.batch_in_epoch / len(self.epoch_order()), 2),
+            "train_minutes": round(self.train_seconds / 60, 2),
+            "valid_minutes": round(self.valid_seconds / 60, 2),
+            "target_tokens": self.tokens_trained,
+            "tokens_per_s": round(self.tokens_trained / step_seconds, 1),
+            "best_valid_bleu": self.best_bleu,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+        }
+
     # ---- validation --------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
@@ -223,6 +248,7 @@ class Trainer:
         improved = scores["bleu"] > self.best_bleu
         self.best_bleu, self.bad_validations = (scores["bleu"], 0) if improved else (self.best_bleu, self.bad_validations + 1)
         seconds = time.perf_counter() - started
+        self.valid_seconds += seconds
         for tag in ("loss", "ppl", "bleu", "chrf"):
             self.writer.add_scalar(f"valid/{tag}", result[tag], self.step)
         self.writer.add_scalar("valid/bleu_by_train_second", scores["bleu"], int(self.train_seconds))  # x: wall-clock seconds

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import logging
 import os
+import random
 import shutil
 import tempfile
 import urllib.request
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_MULTI30K = PROJECT_ROOT.parent / "shared" / "data" / "multi30k"
 DATA_DIR_ENV = "TRANSLATE_DATA_DIR"
+ROLES = ("train", "valid", "test")
 
 
 class CorpusError(ValueError):
@@ -86,6 +88,21 @@ def filter_training_pairs(pairs: Pairs) -> Pairs:
     return Pairs([pairs.src[i] for i in keep], [pairs.tgt[i] for i in keep])
 
 
+def synthetic_pairs(cfg, role: str) -> Pairs:
+    """Random symbol sequences and their copy or reversal; fixed per role by `cfg.seed` (a SyntheticConfig)."""
+    if cfg.task not in ("copy", "reverse"):
+        raise CorpusError(f"unknown data.synthetic.task={cfg.task!r}; choose copy or reverse")
+    offset = ROLES.index(role)
+    rng = random.Random(cfg.seed + offset)
+    vocab = [f"s{i}" for i in range(cfg.symbols)]
+    src, tgt = [], []
+    for _ in range(getattr(cfg, f"{role}_size")):
+        words = rng.choices(vocab, k=rng.randint(cfg.min_len, cfg.max_len))
+        src.append(" ".join(words))
+        tgt.append(" ".join(reversed(words) if cfg.task == "reverse" else words))
+    return Pairs(src, tgt)
+
+
 def download_file(url: str, dest: Path, sha256: str | None = None) -> Path:
     """Download `url` to `dest` once (atomically), checking its SHA-256 when given."""
     if dest.exists():
@@ -128,12 +145,11 @@ def resolve_data_dir(cfg, splits: list[str]) -> Path:
     return directory
 
 
-ROLES = ("train", "valid", "test")
-
-
 def load_split(cfg, role: str) -> Pairs:
     """One split of a `DataConfig` by role (train | valid | test), cut to its limit; train pairs filtered."""
     split, limit = getattr(cfg, f"{role}_split"), getattr(cfg, f"{role}_limit")
+    if cfg.name == "synthetic":
+        return synthetic_pairs(cfg.synthetic, role).head(limit)
     directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
     pairs = read_pair_files(split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)).head(limit)
     log.info("%s %s %s->%s: %s pairs of %s from %s", cfg.name, role, cfg.src_lang, cfg.tgt_lang, f"{len(pairs):,}", split, directory)

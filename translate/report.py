@@ -1,0 +1,133 @@
+"""Compare finished runs: a markdown table, a JSON of the same figures and the BLEU-vs-length plot.
+
+`python -m translate.report RUN_DIR… [--out DIR]` reads each run's
+train_summary.json and eval/test.json (written by training and evaluation) and
+never loads weights.  Hydra multirun calls `ReportCallback` when a sweep ends.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+
+def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
+    summary, result = run_dir / "train_summary.json", run_dir / "eval" / f"{eval_name}.json"
+    if not (summary.exists() and result.exists()):
+        return None
+    return {"run": str(run_dir), "name": run_dir.name, **json.loads(summary.read_text()), "eval": json.loads(result.read_text())}
+
+
+def bleu_drop(buckets: list[dict]) -> float | None:
+    """BLEU of the shortest non-empty bucket minus that of the longest."""
+    scored = [b for b in buckets if b["bleu"] is not None]
+    return round(scored[0]["bleu"] - scored[-1]["bleu"], 2) if len(scored) > 1 else None
+
+
+def _bucket_label(b: dict) -> str:
+    return f"{b['min_words']}+" if b["max_words"] >= 999 else f"{b['min_words']}-{b['max_words']}"
+
+
+def markdown(rows: list[dict]) -> str:
+    first = rows[0]["eval"]
+    lines = [
+        f"# Comparison: {first['src_lang']}→{first['tgt_lang']}, {first['name']} ({first['sentences']} sentences), "
+        f"{first['decoding']['search']} decoding",
+        "",
+        "| run | model | parameters | train min | epochs | target tok/s | BLEU | chrF | probe BLEU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        probe = r["eval"].get("probe") or {}
+        lines.append(
+            f"| {r['name']} | {r['model']} | {r['parameters']:,} | {r['train_minutes']:.1f} | {r['epochs']:.1f} | "
+            f"{r['tokens_per_s']:,.0f} | {r['eval']['bleu']:.2f} | {r['eval']['chrf']:.2f} | {probe.get('bleu', float('nan')):.2f} |"
+        )
+    lines += ["", f"BLEU signature: `{first['bleu_signature']}`; chrF signature: `{first['chrf_signature']}`", ""]
+    for title, key in (("test set", None), ("long-sentence probe", "probe")):
+        buckets = [(r["eval"][key] or {}).get("bleu_by_length") if key else r["eval"]["bleu_by_length"] for r in rows]
+        if not all(buckets):
+            continue
+        if key:
+            p = rows[0]["eval"]["probe"]
+            lines.append(f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive test pairs joined")
+        else:
+            lines.append(f"## BLEU by source length (words), {title}")
+        lines += ["", "| run | " + " | ".join(_bucket_label(b) for b in buckets[0]) + " | drop shortest→longest |"]
+        lines.append("|---|" + "---:|" * (len(buckets[0]) + 1))
+        lines.append("| sentences | " + " | ".join(str(b["sentences"]) for b in buckets[0]) + " | |")
+        for r, bs in zip(rows, buckets):
+            cells = " | ".join("–" if b["bleu"] is None else f"{b['bleu']:.2f}" for b in bs)
+            drop = bleu_drop(bs)
+            lines.append(f"| {r['name']} | {cells} | {'–' if drop is None else f'{drop:.2f}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path):
+    """BLEU against source length, one curve per run; one panel per test set (natural, probe)."""
+    panels = [("test set", [r["eval"]["bleu_by_length"] for r in rows])]
+    if all(r["eval"].get("probe") for r in rows):
+        panels.append(("long-sentence probe (joined test pairs)", [r["eval"]["probe"]["bleu_by_length"] for r in rows]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (title, per_run) in zip(axes[0], panels):
+        for r, buckets in zip(rows, per_run):
+            pts = [(i, b["bleu"]) for i, b in enumerate(buckets) if b["bleu"] is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["name"])
+        labels = [f"{_bucket_label(b)}\n(n={b['sentences']})" for b in per_run[0]]
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set(title=title, xlabel="source sentence length (words)", ylabel="BLEU")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
+    rows = [r for r in (load_run_results(Path(d)) for d in run_dirs) if r]
+    missing = sorted(set(map(str, run_dirs)) - {r["run"] for r in rows})
+    if not rows:
+        raise FileNotFoundError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
+    out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r["drop_test"] = bleu_drop(r["eval"]["bleu_by_length"])
+        r["drop_probe"] = bleu_drop((r["eval"].get("probe") or {}).get("bleu_by_length", []))
+    (out / "report.md").write_text(markdown(rows) + ("\n_Not finished: " + ", ".join(missing) + "_\n" if missing else ""))
+    (out / "report.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    fig = plot(rows, out / "bleu_vs_length.png")
+    for target in [out] + [Path(r["run"]) for r in rows]:
+        with SummaryWriter(str(target / "tensorboard")) as writer:
+            writer.add_figure("compare/bleu_vs_length", fig, close=False)
+    plt.close(fig)
+    return rows
+
+
+class ReportCallback(Callback):
+    """Writes <sweep dir>/report/ when a Hydra multirun (e.g. make compare) ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").exists())
+        write_report(runs, sweep / "report")
+        print((sweep / "report" / "report.md").read_text())
+        print(f"report: {sweep / 'report'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (trained and evaluated)")
+    parser.add_argument("--out", type=Path, default=Path("runs/report"), help="report directory (default: runs/report)")
+    args = parser.parse_args()
+    write_report(args.runs, args.out)
+    print((args.out / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
