@@ -4,12 +4,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% MINUTES=%,$(MAKEOVERRIDES))
-MINUTES ?= 20
+HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 OUT ?= runs/report
 
-.PHONY: install train eval compare report tensorboard test lint baselines clean
+.PHONY: install train eval compare report tensorboard test lint clean
 
 install:  ## virtualenv + the package; TORCH=torch for your platform's default (CUDA) build
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +32,6 @@ report:  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from 
 
 tensorboard:  ## serve every run under runs/
 	$(VENV)/bin/tensorboard --logdir runs --bind_all
-
-baselines:  ## each model for MINUTES minutes on full Multi30k, then evaluated (resumable)
-	PYTHON=$(PY) scripts/train_baselines.sh $(MINUTES) runs/baselines $(HYDRA_ARGS)
 
 test:
 	$(PY) -m pytest -q

@@ -1,6 +1,6 @@
 import torch
 
-from translate.data.batching import bucketed_batch_order, collate, pad, sorted_batch_order
+from translate.data.batching import bucketed_batch_order, collate, concatenation_plan, pad, sorted_batch_order
 from translate.data.tokenizer import BOS, EOS, PAD
 
 
@@ -43,3 +43,12 @@ def test_order_is_fixed_by_seed_and_epoch():
 def test_over_long_sentence_gets_its_own_batch():
     batches = sorted_batch_order([3, 500, 4], batch_tokens=100)
     assert [1] in batches and sorted(i for b in batches for i in b) == [0, 1, 2]
+
+
+def test_concatenation_plan():
+    assert concatenation_plan(5, 0.0, 3, seed=1, epoch=0) == [(i,) for i in range(5)]
+    plan = concatenation_plan(2000, 0.3, 4, seed=1, epoch=0)
+    assert [e[0] for e in plan] == list(range(2000))
+    joined = [e for e in plan if len(e) > 1]
+    assert 0.25 < len(joined) / 2000 < 0.35 and max(map(len, joined)) == 4 and min(map(len, joined)) == 2
+    assert plan == concatenation_plan(2000, 0.3, 4, seed=1, epoch=0) != concatenation_plan(2000, 0.3, 4, seed=1, epoch=1)

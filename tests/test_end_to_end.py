@@ -52,6 +52,23 @@ def test_train_evaluate_and_read_events(model, multi30k_dir, small_cfg, tmp_path
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert "eval/test/bleu" in tags
     assert "valid/samples/text_summary" in acc.Tags()["tensors"]
+    images = set(acc.Tags()["images"])
+    expected = {"rnn": set(), "rnn_attention": {"attention/sentence0/alignment"}, "transformer": {"attention/sentence1/layer2"}}
+    assert expected[model] <= images and (model != "rnn" or not images)
+    if images:
+        assert len(acc.Images(sorted(images)[0])) == 2  # one per validation
+
+
+def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):
+    trainer = Trainer(small_cfg("rnn", *STEPS, "trainer.concat_prob=1.0", "trainer.concat_max=3"), tmp_path / "run")
+    examples = [e for batch in trainer.epoch_batches() for e in batch]
+    assert sorted(e[0] for e in examples) == list(range(len(trainer.train_src)))
+    assert all(2 <= len(e) <= 3 for e in examples)
+    batch = trainer.collate(examples[:1])
+    assert batch.src.shape[1] == sum(len(trainer.train_src[i]) for i in examples[0]) + 1  # joined, then EOS
+    assert trainer.epoch_batches() == trainer.epoch_batches()  # fixed by seed and epoch
+    trainer.fit()
+    assert trainer.step == 6
 
 
 def test_resume_continues_exactly(multi30k_dir, small_cfg, tmp_path):

@@ -97,3 +97,18 @@ def test_select_reorders_nested_state():
 def test_unknown_model_name_is_clear():
     with pytest.raises(ValueError, match="unknown model.name='lstm'; choose one of rnn, rnn_attention, transformer"):
         build_model(ModelConfig(name="lstm"), V)
+
+
+@pytest.mark.parametrize("key", ["rnn_attention", "transformer"])
+def test_attention_maps_for_heatmaps(key):
+    model = _model(key)
+    src, mask, tgt = _batch()
+    with torch.no_grad():
+        maps = model.attention_maps(src, mask, tgt)
+        last = model(src, mask, tgt, return_attention=True)[1]
+    assert all(m.shape == (4, 7, 9) for m in maps.values())
+    torch.testing.assert_close(list(maps.values())[-1], last)
+    if key == "transformer":
+        assert list(maps) == ["layer1", "layer2"]
+        head0 = model.attention_maps(src, mask, tgt, head=0)["layer1"]
+        torch.testing.assert_close(head0.sum(-1), torch.ones(4, 7))

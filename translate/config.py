@@ -86,6 +86,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
     batch_tokens: int = 4096  # padded source-or-target tokens per batch, whichever is larger
+    concat_prob: float = 0.0  # probability that a training pair is joined to random others (long-input practice)
+    concat_max: int = 3  # at most this many pairs joined into one example
     max_epochs: int = 30
     max_steps: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # wall-clock budget, validation included; 0 = no limit
@@ -103,6 +105,8 @@ class TrainerConfig:
     patience: int = 0  # stop after this many validations without a better BLEU; 0 = never
     keep_last: int = 1  # numbered checkpoints kept besides last.pt and best.pt
     num_samples: int = 3  # validation translations logged to TensorBoard as text
+    attention_maps: int = 2  # validation sentences whose attention is drawn in TensorBoard at each validation
+    attention_head: int = -1  # Transformer: which head to draw; -1 = mean over heads
 
 
 @dataclass

@@ -18,11 +18,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from translate.checkpoint import load_checkpoint, save_checkpoint
-from translate.data.batching import bucketed_batch_order, collate
+from translate.data.batching import bucketed_batch_order, collate, concatenation_plan
 from translate.data.corpus import PROJECT_ROOT, load_corpus
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer, train_or_load
 from translate.metrics import corpus_scores
 from translate.models import build_model, count_parameters
+from translate.plots import attention_figure
 from translate.search import translate_ids
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,18 @@ class Trainer:
         nll = F.cross_entropy(logits.detach(), target, ignore_index=PAD, reduction="sum")
         return loss, nll
 
-    def epoch_order(self) -> list[list[int]]:
-        """This epoch's batches, as indices into the training pairs; fixed by the seed and the epoch."""
-        return bucketed_batch_order(self.train_lengths, self.tc.batch_tokens, self.tc.seed, self.epoch)
+    def epoch_batches(self) -> list[list[tuple[int, ...]]]:
+        """This epoch's batches of examples (tuples of training-pair indices joined into one); fixed by seed and epoch."""
+        tc = self.tc
+        plan = concatenation_plan(len(self.train_src), tc.concat_prob, tc.concat_max, tc.seed, self.epoch)
+        lengths = [sum(self.train_lengths[i] for i in example) for example in plan]
+        return [[plan[j] for j in batch] for batch in bucketed_batch_order(lengths, tc.batch_tokens, tc.seed, self.epoch)]
+
+    def collate(self, examples: list[tuple[int, ...]]):
+        join = lambda side, example: [t for i in example for t in side[i]]  # noqa: E731
+        return collate(
+            [join(self.train_src, e) for e in examples], [join(self.train_tgt, e) for e in examples], [e[0] for e in examples]
+        ).to(self.device)
 
     def out_of_budget(self) -> bool:
         return bool(
@@ -156,11 +166,10 @@ class Trainer:
         started = time.perf_counter() - self.train_seconds
         window = {"loss": torch.zeros((), device=self.device), "tokens": 0, "since": time.perf_counter()}
         while self.epoch < tc.max_epochs and not self.out_of_budget():
-            order = self.epoch_order()
+            order = self.epoch_batches()
             bar = tqdm(total=len(order), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", dynamic_ncols=True, mininterval=1.0)
             while self.batch_in_epoch < len(order) and not self.out_of_budget():
-                indices = order[self.batch_in_epoch]
-                batch = collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices).to(self.device)
+                batch = self.collate(order[self.batch_in_epoch])
                 self.model.train()
                 loss, nll = self.loss(batch)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -215,7 +224,7 @@ class Trainer:
             "model": self.cfg.model.name,
             "parameters": self.num_parameters,
             "steps": self.step,
-            "epochs": round(self.epoch + self.batch_in_epoch / len(self.epoch_order()), 2),
+            "epochs": round(self.epoch + self.batch_in_epoch / len(self.epoch_batches()), 2),
             "train_minutes": round(self.train_seconds / 60, 2),
             "valid_minutes": round(self.valid_seconds / 60, 2),
             "target_tokens": self.tokens_trained,
@@ -225,7 +234,20 @@ class Trainer:
             "threads": torch.get_num_threads(),
         }
 
-    # ---- validation --------------------------------------------------------------------------
+    # ---- validation ----------------------------------------------------------------------------
+    def _log_attention_maps(self, hyps) -> None:
+        """Attention heatmaps (source × greedy output) for the first few validation sentences."""
+        if not self.model.has_attention:
+            return
+        head = None if self.tc.attention_head < 0 else self.tc.attention_head
+        for i in range(min(self.tc.attention_maps, len(hyps))):
+            batch = collate([self.valid_src[i]], [hyps[i].tokens], [i]).to(self.device)
+            src_pieces = self.tokenizer.id_to_piece(self.valid_src[i]) + ["</s>"]
+            tgt_pieces = self.tokenizer.id_to_piece(hyps[i].tokens) + ["</s>"]
+            for name, weights in self.model.attention_maps(batch.src, batch.src_mask, batch.tgt_in, head).items():
+                fig = attention_figure(weights[0].float().cpu().numpy(), src_pieces, tgt_pieces, f"step {self.step}, {name}")
+                self.writer.add_figure(f"attention/sentence{i}/{name}", fig, self.step)
+
     @torch.no_grad()
     def validate(self) -> dict:
         """Validation loss / perplexity over all pairs, greedy BLEU over the first N; keep best.pt by BLEU."""
@@ -258,6 +280,7 @@ class Trainer:
             for i in range(min(self.tc.num_samples, n))
         )
         self.writer.add_text("valid/samples", samples, self.step)
+        self._log_attention_maps(hyps)
         self.writer.flush()
         log.info(
             "step %d valid loss %.3f ppl %.2f BLEU %.2f chrF %.2f%s (%.1fs)",

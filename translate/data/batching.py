@@ -77,6 +77,20 @@ def bucketed_batch_order(lengths: list[int], batch_tokens: int, seed: int, epoch
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
+def concatenation_plan(num_pairs: int, prob: float, max_count: int, seed: int, epoch: int) -> list[tuple[int, ...]]:
+    """Training examples for one epoch: pair i alone, or with probability `prob` joined to 1..max_count-1 random others.
+
+    Joined pairs show the model long inputs that the corpus lacks; the plan is fixed by (seed, epoch).
+    """
+    if prob <= 0 or max_count < 2:
+        return [(i,) for i in range(num_pairs)]
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    joined = (torch.rand(num_pairs, generator=g) < prob).tolist()
+    counts = torch.randint(2, max_count + 1, (num_pairs,), generator=g).tolist()
+    partners = torch.randint(0, num_pairs, (num_pairs, max_count - 1), generator=g).tolist()
+    return [(i, *partners[i][: counts[i] - 1]) if joined[i] else (i,) for i in range(num_pairs)]
+
+
 def sorted_batch_order(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Batches for decoding: sorted by length (least padding); callers restore the order."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])

@@ -70,6 +70,8 @@ class Maxout(nn.Module):
 class RNNSeq2Seq(nn.Module):
     """Shared parts: a joint embedding, the encoder, the maxout readout and the output layer."""
 
+    has_attention = False  # whether decode_step puts alignment weights in state["attention"]
+
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__()
         self.cell = cfg.cell
@@ -152,6 +154,8 @@ class AttentionRNN(RNNSeq2Seq):
     s_i = RNN([E y_{i-1}; c_i], s_{i-1})
     """
 
+    has_attention = True
+
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__(cfg, vocab_size, pad_id)
         if cfg.dec_layers != 1:
@@ -192,3 +196,7 @@ class AttentionRNN(RNNSeq2Seq):
             weights.append(state["attention"])
         logits = torch.stack(logits, dim=1)  # (B, T, V)
         return (logits, torch.stack(weights, dim=1)) if return_attention else logits
+
+    def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
+        """The alignment α for a teacher-forced target: {"alignment": (B, T, S)}."""
+        return {"alignment": self(src, src_mask, tgt_in, return_attention=True)[1]}

@@ -138,6 +138,8 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """Encoder-decoder Transformer with a joint (optionally tied) embedding."""
 
+    has_attention = True
+
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__()
         d, args = cfg.d_model, (cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.pre_norm)
@@ -181,24 +183,32 @@ class Transformer(nn.Module):
         }
 
     def _decode(self, state, tgt, incremental: bool, need_weights: bool = False):
+        """-> logits (B, T, V), state with the extended cache, cross-attention per layer [(B, h, T, S)] or None."""
         start = state["self_k"][0].shape[2] if incremental else 0
         x, mask = self._embed(self.tgt_embedding, tgt, start), state["src_mask"][:, None, None, :]
-        self_k, self_v, weights = [], [], None
+        self_k, self_v, weights = [], [], []
         for i, layer in enumerate(self.decoder_layers):
             self_kv = (state["self_k"][i], state["self_v"][i]) if incremental else None
             cross_kv = (state["cross_k"][i], state["cross_v"][i])
-            x, (k, v), weights = layer(x, cross_kv, mask, self_kv, need_weights)
+            x, (k, v), layer_weights = layer(x, cross_kv, mask, self_kv, need_weights)
+            weights.append(layer_weights)
             self_k.append(k)
             self_v.append(v)
         logits = self.generator(self.decoder_norm(x))
-        return logits, {**state, "self_k": self_k, "self_v": self_v}, weights
+        return logits, {**state, "self_k": self_k, "self_v": self_v}, weights if need_weights else None
 
     def decode_step(self, state, prev, need_attention: bool = False):
         logits, state, weights = self._decode(state, prev.unsqueeze(1), incremental=True, need_weights=need_attention)
         if need_attention:  # last layer's cross-attention, mean over heads: (B, S)
-            state["attention"] = weights.mean(dim=1)[:, -1]
+            state["attention"] = weights[-1].mean(dim=1)[:, -1]
         return logits.squeeze(1), state
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
         logits, _, weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention)
-        return (logits, weights.mean(dim=1)) if return_attention else logits
+        return (logits, weights[-1].mean(dim=1)) if return_attention else logits
+
+    def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
+        """Cross-attention of every decoder layer for a teacher-forced target: {"layerN": (B, T, S)},
+        one head or (head=None) the mean over heads."""
+        weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=True)[2]
+        return {f"layer{i + 1}": w.mean(dim=1) if head is None else w[:, head] for i, w in enumerate(weights)}
