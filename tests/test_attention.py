@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from translate.models.attention import SCORERS, MultiHeadAttention, ScaledDotAttention, build_attention
+from translate.models.attention import SCORERS, LocalAttention, MultiHeadAttention, ScaledDotAttention, build_attention
 
 B, S, Q = 3, 7, 16
 
@@ -70,3 +70,17 @@ def test_unknown_scorer_and_dot_size_mismatch_are_clear():
         build_attention("bogus", Q, Q, 8)
     with pytest.raises(ValueError, match="use model.attention=general"):
         build_attention("dot", Q, 2 * Q, 8)
+
+
+def test_local_puts_zero_weight_outside_its_window():
+    torch.manual_seed(0)
+    long_mask = torch.ones(B, 40, dtype=torch.bool)
+    long_mask[1, 25:] = False
+    query, memory = torch.randn(B, Q), torch.randn(B, 40, Q)
+    attn = LocalAttention(Q, Q, attention_dim=8, window=3)
+    _, weights = attn(query, attn.project_keys(memory), memory, long_mask)
+    centre = (long_mask.sum(1, keepdim=True) - 1) * torch.sigmoid(attn.centre(query))
+    outside = (torch.arange(40) - centre).abs() > 3
+    assert torch.all(weights[outside] == 0) and torch.all(weights[~long_mask] == 0)
+    assert torch.all((weights > 0).sum(-1) <= 7)  # at most 2D + 1 positions
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B))

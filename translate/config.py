@@ -73,6 +73,7 @@ class ModelConfig:
     bidirectional: bool = True
     attention: str = "additive"  # additive (Bahdanau); see translate/models/attention.py
     attention_dim: int = 256
+    window: int = 5  # attention=local: half-width D of the window around the predicted centre
     # transformer
     d_model: int = 256
     heads: int = 4

@@ -112,18 +112,46 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context), weights.mean(dim=1).squeeze(1)
 
 
+class LocalAttention(GeneralAttention):
+    """Luong et al. 2015 (local-p): attend only to a window [p − D, p + D] around a predicted centre
+
+        p = (S − 1) · sigmoid(v_pᵀ tanh(W_p q))          S = real source length
+        e_j = qᵀ W_a h_j − (j − p)² / (2σ²),  σ = D / 2   for |j − p| ≤ D, else −∞
+        α = softmax(e)                                   (the Gaussian-weighted alignment, renormalised)
+
+    Cost per query is O(D) in principle; here the window is a mask over the full source.
+    """
+
+    def __init__(self, query_dim: int, memory_dim: int, attention_dim: int, window: int = 5):
+        super().__init__(query_dim, memory_dim)
+        self.window = window
+        self.centre = nn.Sequential(nn.Linear(query_dim, attention_dim, bias=False), nn.Tanh(), nn.Linear(attention_dim, 1, bias=False))
+
+    def forward(self, query, keys, memory, mask):
+        last = (mask.sum(1, keepdim=True) - 1).to(query.dtype)  # (B, 1)
+        centre = last * torch.sigmoid(self.centre(query))  # (B, 1)
+        distance = torch.arange(mask.shape[1], device=mask.device, dtype=query.dtype) - centre  # (B, S)
+        sigma = self.window / 2
+        scores = torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1) - distance.square() / (2 * sigma**2)
+        weights = masked_softmax(scores, mask & (distance.abs() <= self.window))
+        return torch.bmm(weights.unsqueeze(1), memory).squeeze(1), weights
+
+
 SCORERS = {
     "additive": AdditiveAttention,
     "dot": DotAttention,
     "general": GeneralAttention,
     "scaled_dot": ScaledDotAttention,
     "multihead": MultiHeadAttention,
+    "local": LocalAttention,
 }
 
 
-def build_attention(name: str, query_dim: int, memory_dim: int, attention_dim: int, heads: int = 4) -> nn.Module:
+def build_attention(name: str, query_dim: int, memory_dim: int, attention_dim: int, heads: int = 4, window: int = 5) -> nn.Module:
     if name not in SCORERS:
         raise ValueError(f"unknown model.attention={name!r}; choose one of {', '.join(SCORERS)}")
     if name == "multihead":
         return MultiHeadAttention(query_dim, memory_dim, attention_dim, heads)
+    if name == "local":
+        return LocalAttention(query_dim, memory_dim, attention_dim, window)
     return SCORERS[name](query_dim, memory_dim, attention_dim)

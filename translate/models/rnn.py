@@ -162,7 +162,7 @@ class AttentionRNN(RNNSeq2Seq):
             raise ValueError(f"model.dec_layers={cfg.dec_layers}: rnn_attention has a single-layer decoder; set model.dec_layers=1")
         memory_dim = self.encoder.output_dim
         self.init_state = nn.Linear(cfg.hidden_dim if cfg.bidirectional else memory_dim, cfg.hidden_dim)  # W_s
-        self.attention = build_attention(cfg.attention, cfg.hidden_dim, memory_dim, cfg.attention_dim, heads=cfg.heads)
+        self.attention = build_attention(cfg.attention, cfg.hidden_dim, memory_dim, cfg.attention_dim, heads=cfg.heads, window=cfg.window)
         self.decoder = cell_classes(cfg.cell)[1](cfg.emb_dim + memory_dim, cfg.hidden_dim)
         self.readout_layer = Maxout(cfg.hidden_dim + cfg.emb_dim + memory_dim, cfg.emb_dim)
         self.hidden_dim, self.bidirectional = cfg.hidden_dim, cfg.bidirectional
