@@ -8,7 +8,7 @@ HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=
 EXPERIMENT ?= bottleneck
 OUT ?= runs/report
 
-.PHONY: install train eval compare report tensorboard test lint clean
+.PHONY: install train eval translate average compare report tensorboard test lint clean
 
 install:  ## virtualenv + the package; TORCH=torch for your platform's default (CUDA) build
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ train:  ## train the default model (Transformer, Multi30k de->en); any Hydra ove
 eval:  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
 	$(PY) -m translate.evaluate run=$(RUN) $(HYDRA_ARGS)
+
+translate:  ## make translate RUN=<run dir> [eval.beam_size=5] [attention=a.png] < in.txt > out.txt
+	@test -n "$(RUN)" || { echo "usage: make translate RUN=<run dir> [eval.beam_size=5] [attention=out.png] < in.txt > out.txt" >&2; exit 2; }
+	@$(PY) -m translate.translate run=$(RUN) $(HYDRA_ARGS)
+
+average:  ## make average RUN=<run dir> [last=5] [out=averaged]: mean weights of the newest numbered checkpoints
+	@test -n "$(RUN)" || { echo "usage: make average RUN=<run dir> [last=5] [out=averaged]"; exit 2; }
+	$(PY) -m translate.average run=$(RUN) $(HYDRA_ARGS)
 
 compare:  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report
 	$(PY) -m translate.train +experiment=$(EXPERIMENT) $(HYDRA_ARGS)

@@ -35,6 +35,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's step_<N>.pt files, oldest (smallest N) first."""
+    paths = [p for p in Path(run_dir).glob("step_*.pt") if p.stem[len("step_") :].isdigit()]
+    return sorted(paths, key=lambda p: int(p.stem[len("step_") :]))
+
+
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     """`best` / `last` inside a run directory, or an explicit path."""
     run_dir = Path(run_dir)

@@ -104,7 +104,9 @@ class TrainerConfig:
     valid_every: int = 500  # steps; validation also runs at the end of training
     valid_bleu_sentences: int = 0  # greedy-decode the first N validation pairs for BLEU; 0 = all
     patience: int = 0  # stop after this many validations without a better BLEU; 0 = never
-    keep_last: int = 1  # numbered checkpoints kept besides last.pt and best.pt
+    # numbered checkpoints step_<N>.pt kept besides last.pt and best.pt, one per validation (hard links to
+    # last.pt where the file system allows, so no extra writing); 0 = none.  `make average` needs k of them
+    keep_last: int = 1
     num_samples: int = 3  # validation translations logged to TensorBoard as text
     attention_maps: int = 2  # validation sentences whose attention is drawn in TensorBoard at each validation
     attention_head: int = -1  # Transformer: which head to draw; -1 = mean over heads
@@ -118,7 +120,9 @@ class EvalConfig:
     name: str | None = None  # output name under <run>/eval/; default: the split or the src file stem
     checkpoint: str = "best"  # best | last | a path to a .pt file
     batch_tokens: int = 6000
-    beam_size: int = 1
+    beam_size: int = 1  # 1 = greedy search
+    length_penalty: float = 0.6  # GNMT alpha: beam hypotheses ranked by log P / ((5 + length) / 6)^alpha; 0 = raw log P
+    n_best: int = 1  # hypotheses returned per sentence (<= beam_size); evaluation scores the best
     max_len_ratio: float = 2.0  # output length limit: ratio × source tokens + max_len_offset
     max_len_offset: int = 10
     length_buckets: list[int] = field(default_factory=lambda: [0, 10, 15, 20, 30, 1000])
@@ -146,7 +150,23 @@ class EvaluateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class TranslateConfig:
+    run: str = "???"  # the run directory written by training
+    eval: EvalConfig = field(default_factory=EvalConfig)  # decoding settings: checkpoint, beam_size, length_penalty, n_best, …
+    attention: str | None = None  # a .png file: draw the attention of the (single) input sentence
+
+
+@dataclass
+class AverageConfig:
+    run: str = "???"  # the run directory written by training
+    last: int = 5  # average the newest `last` numbered checkpoints step_<N>.pt (see trainer.keep_last)
+    out: str = "averaged"  # written to <run>/<out>.pt; use it with eval.checkpoint=<out>
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="translate_schema", node=TranslateConfig)
+    cs.store(name="average_schema", node=AverageConfig)

@@ -44,20 +44,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     return model, tokenizer, cfg, ckpt
 
 
+def decoding_options(ec) -> dict:
+    """The keyword arguments of `translate_ids` an EvalConfig sets."""
+    keys = ("batch_tokens", "max_len_ratio", "max_len_offset", "beam_size", "length_penalty", "n_best")
+    return {key: getattr(ec, key) for key in keys}
+
+
 def translate_texts(model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True) -> list[str]:
-    """Raw source sentences in, detokenized translations out (input order kept)."""
+    """Raw source sentences in, detokenized translations out (input order kept).
+
+    With ec.n_best > 1 each sentence has n_best translations in a row, best first.
+    """
     sources = tokenizer.encode(texts)
     with tqdm(total=len(texts), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:
-        hyps = translate_ids(
-            model,
-            sources,
-            BOS,
-            EOS,
-            batch_tokens=ec.batch_tokens,
-            max_len_ratio=ec.max_len_ratio,
-            max_len_offset=ec.max_len_offset,
-            progress=bar,
-        )
+        hyps = translate_ids(model, sources, BOS, EOS, progress=bar, **decoding_options(ec))
     return tokenizer.decode([h.tokens for h in hyps])
 
 
@@ -76,11 +76,11 @@ def evaluate(run_dir: str | Path, ec) -> dict:
     run_dir = Path(run_dir)
     model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
     name, pairs = evaluation_pairs(cfg, ec)
-    hypotheses = translate_texts(model, tokenizer, pairs.src, ec)
+    hypotheses = translate_texts(model, tokenizer, pairs.src, ec)[:: ec.n_best]  # the best of each n-best list
     probe = None
     if ec.probe_k > 1:
         probe_pairs, _ = long_sentence_probe(pairs, ec.probe_k, ec.probe_per_k)
-        probe_hyps = translate_texts(model, tokenizer, probe_pairs.src, ec)
+        probe_hyps = translate_texts(model, tokenizer, probe_pairs.src, ec)[:: ec.n_best]
         probe = {
             "k_max": ec.probe_k,
             "per_k": ec.probe_per_k,
@@ -100,6 +100,8 @@ def evaluate(run_dir: str | Path, ec) -> dict:
         "decoding": {
             "search": "greedy" if ec.beam_size == 1 else f"beam{ec.beam_size}",
             "beam_size": ec.beam_size,
+            "length_penalty": ec.length_penalty,
+            "n_best": ec.n_best,
             "max_len_ratio": ec.max_len_ratio,
             "max_len_offset": ec.max_len_offset,
         },

@@ -2,7 +2,8 @@
 
 Search knows tensors and token ids, not tokenizers or trainers.  A decoding
 state is a dict whose tensors (possibly inside lists) have the batch in dim 0,
-so `select` can keep, drop or reorder sentences without knowing the model.
+so `select` can keep, drop or reorder sentences without knowing the model:
+greedy search decodes B rows, beam search B·K rows (K beams per sentence).
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ class Hypothesis:
     tokens: list[int]  # without BOS and EOS
     score: float  # sum of log-probabilities, EOS included when emitted
     attention: torch.Tensor | None = None  # (T, S) for models that expose attention
+    normalized: float | None = None  # beam search ranks by score / gnmt_length_penalty(T, alpha)
 
 
 def select(state, index: torch.Tensor):
@@ -31,8 +33,8 @@ def select(state, index: torch.Tensor):
 
 
 def max_output_lengths(src_mask: torch.Tensor, ratio: float, offset: int) -> torch.Tensor:
-    """(B,) limit on output tokens: ratio × source tokens + offset."""
-    return (src_mask.sum(1).float() * ratio).long() + offset
+    """(B,) limit on output tokens: ratio × source tokens + offset, at least 1."""
+    return ((src_mask.sum(1).float() * ratio).long() + offset).clamp(min=1)
 
 
 @torch.no_grad()
@@ -68,6 +70,104 @@ def greedy_search(model, src, src_mask, bos: int, eos: int, max_len: torch.Tenso
     return hypotheses
 
 
+def gnmt_length_penalty(length, alpha: float):
+    """GNMT (Wu et al. 2016):  lp(Y) = ((5 + |Y|) / 6)^α;  beam search ranks by log P(Y|X) / lp(Y).
+
+    |Y| counts the decoded steps, EOS included.  α = 0 ranks by the raw score.
+    """
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model,
+    src,
+    src_mask,
+    bos: int,
+    eos: int,
+    max_len: torch.Tensor,
+    beam_size: int = 5,
+    alpha: float = 0.6,
+    n_best: int = 1,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Batched beam search: the K beams of all B sentences decode together as B·K rows.
+
+    src, src_mask (B, S); max_len (B,) -> per sentence its `n_best` hypotheses, best first
+    (by score / gnmt_length_penalty(len, alpha)).
+
+    Each step extends every live beam by every token, keeps the 2K best candidates
+    per sentence and then: an EOS among the K best finishes a hypothesis; the K best
+    non-EOS candidates become the live beams (at a sentence's max_len, all of the K
+    best finish instead).  A sentence is done, and leaves the batch, once it has K
+    finished hypotheses, or when no live beam can still beat its `n_best` finished ones:
+    log-probs are ≤ 0 and lp grows with length (alpha ≥ 0), so a live beam's score s
+    bounds its normalized score by s / lp(max_len).
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
+    if alpha < 0:
+        raise ValueError(f"length penalty alpha={alpha} must be >= 0")
+    B, K, device = src.shape[0], beam_size, src.device
+    src_len = src_mask.sum(1).tolist()
+    state = select(model.encode(src, src_mask), torch.arange(B, device=device).repeat_interleave(K))  # (B·K, …)
+    sent = torch.arange(B, device=device)  # (A,) original index of each sentence still decoding
+    limit = max_len.to(device)  # (B,)
+    scores = torch.full((B, K), float("-inf"), device=device)  # (A, K) sum of log-probs of each live beam
+    scores[:, 0] = 0.0  # all beams start equal: keep one, or the first step would fill the beam with copies
+    tokens = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (A, K, t) live beams' tokens
+    attention = torch.zeros(B, K, 0, src.shape[1], device=device)  # (A, K, t, S) when need_attention
+    prev = torch.full((B * K,), bos, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    num_finished = torch.zeros(B, dtype=torch.long, device=device)  # (B,)
+    top_finished = torch.full((B, n_best), float("-inf"), device=device)  # (B, n_best) best normalized scores so far
+
+    for t in range(int(max_len.max())):
+        A = sent.numel()
+        logits, state = model.decode_step(state, prev, need_attention=need_attention)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).view(A, K, -1)  # (A, K, V)
+        V = log_probs.shape[-1]
+        cand_scores, cand = (scores.unsqueeze(-1) + log_probs).view(A, K * V).topk(2 * K, dim=1)  # (A, 2K), best first
+        origin, token = cand // V, cand % V  # the beam each candidate extends, and its new token
+        rows = torch.arange(A, device=device).unsqueeze(1)  # (A, 1)
+        history = tokens[rows, origin]  # (A, 2K, t)
+        if need_attention:
+            step_attention = state["attention"].float().view(A, K, 1, -1)
+            attention = torch.cat([attention, step_attention], dim=2)[rows, origin]  # (A, 2K, t+1, S)
+
+        # finish the EOS candidates among the K best; at a sentence's length limit, finish all K best
+        at_limit = t + 1 >= limit[sent]  # (A,)
+        ends = ((token == eos) | at_limit.unsqueeze(1)) & torch.isfinite(cand_scores)
+        ends[:, K:] = False
+        normalized = cand_scores / gnmt_length_penalty(t + 1, alpha)  # (A, 2K)
+        for a, j in ends.nonzero().tolist():
+            seq = history[a, j].tolist() + ([] if int(token[a, j]) == eos else [int(token[a, j])])
+            att = attention[a, j, :, : src_len[int(sent[a])]].cpu() if need_attention else None
+            finished[int(sent[a])].append(Hypothesis(seq, float(cand_scores[a, j]), att, float(normalized[a, j])))
+        num_finished[sent] += ends.sum(1)
+        top_finished[sent] = torch.cat([top_finished[sent], normalized.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1)[0]
+
+        # the K best non-EOS candidates live on (a stable sort keeps them in rank order)
+        keep = (token == eos).argsort(dim=1, stable=True)[:, :K]  # (A, K)
+        scores, origin, token = cand_scores.gather(1, keep), origin.gather(1, keep), token.gather(1, keep)
+        tokens = torch.cat([history.gather(1, keep.unsqueeze(-1).expand(-1, -1, t)), token.unsqueeze(-1)], dim=2)
+        if need_attention:
+            attention = attention[rows, keep]
+
+        # retire sentences with K finished hypotheses, or whose n best no live beam can beat any more
+        best_live = scores[:, 0] / gnmt_length_penalty(limit[sent].float(), alpha)  # upper bound: scores only fall
+        done = at_limit | (num_finished[sent] >= K) | (top_finished[sent, -1] >= best_live)
+        if bool(done.all()):
+            break
+        alive = (~done).nonzero().squeeze(1)  # (A',)
+        state = select(state, ((alive * K).unsqueeze(1) + origin[alive]).flatten())  # reorder beams, drop done rows
+        sent, scores, tokens, prev = sent[alive], scores[alive], tokens[alive], token[alive].flatten()
+        if need_attention:
+            attention = attention[alive]
+
+    return [sorted(hyps, key=lambda h: h.normalized, reverse=True)[:n_best] for hyps in finished]
+
+
 @torch.no_grad()
 def translate_ids(
     model,
@@ -77,17 +177,31 @@ def translate_ids(
     batch_tokens: int = 6000,
     max_len_ratio: float = 2.0,
     max_len_offset: int = 10,
+    beam_size: int = 1,
+    length_penalty: float = 0.6,
+    n_best: int = 1,
     need_attention: bool = False,
     progress=None,
 ) -> list[Hypothesis]:
-    """Decode many tokenized sentences in length-sorted batches; results come back in input order."""
+    """Decode many tokenized sentences in length-sorted batches; results come back in input order.
+
+    beam_size 1 is greedy search.  Returns `n_best` hypotheses per sentence, flat and best
+    first: those of sentence i are results[i * n_best : (i + 1) * n_best].
+    `batch_tokens` counts source tokens × beam_size, so a batch's decoding rows stay bounded.
+    """
+    if beam_size == 1 and n_best != 1:
+        raise ValueError(f"n_best={n_best} needs beam search; set beam_size >= n_best")
     device = next(model.parameters()).device
-    results: list[Hypothesis | None] = [None] * len(sources)
-    for indices in sorted_batch_order([len(s) + 1 for s in sources], batch_tokens):
+    results: list[list[Hypothesis]] = [[] for _ in sources]
+    for indices in sorted_batch_order([(len(s) + 1) * beam_size for s in sources], batch_tokens):
         batch = collate([sources[i] for i in indices], None, indices).to(device)
         max_len = max_output_lengths(batch.src_mask, max_len_ratio, max_len_offset)
-        for i, hyp in zip(indices, greedy_search(model, batch.src, batch.src_mask, bos, eos, max_len, need_attention)):
-            results[i] = hyp
+        if beam_size == 1:
+            hyps = [[h] for h in greedy_search(model, batch.src, batch.src_mask, bos, eos, max_len, need_attention)]
+        else:
+            hyps = beam_search(model, batch.src, batch.src_mask, bos, eos, max_len, beam_size, length_penalty, n_best, need_attention)
+        for i, nbest in zip(indices, hyps):
+            results[i] = nbest
         if progress is not None:
             progress.update(len(indices))
-    return results
+    return [h for nbest in results for h in nbest]
