@@ -3,10 +3,10 @@ import hashlib
 import http.server
 import threading
 from functools import partial
-from types import SimpleNamespace
 
 import pytest
 
+from translate.config import DataConfig
 from translate.data import corpus
 from translate.data.corpus import CorpusError, Pairs, download_file, filter_training_pairs, load_corpus, read_lines, read_pair_files
 
@@ -50,22 +50,7 @@ def test_empty_pairs_are_dropped_and_counted(caplog):
 
 
 def _data_cfg(**kw):
-    base = dict(
-        name="multi30k",
-        src_lang="de",
-        tgt_lang="en",
-        dir=None,
-        url="",
-        download_dir="dl",
-        sha256={},
-        train_split="train",
-        valid_split="val",
-        test_split="test",
-        train_limit=None,
-        valid_limit=None,
-        test_limit=None,
-    )
-    return SimpleNamespace(**{**base, **kw})
+    return DataConfig(**{"url": "", "download_dir": "dl", "test_split": "test", **kw})
 
 
 def _toy_corpus(directory):
@@ -127,3 +112,48 @@ def test_download_failure_names_url_and_fix(tmp_path, http_server):
     _, base = http_server
     with pytest.raises(CorpusError, match=r"/absent\.gz: download failed .*set data.dir"):
         download_file(base + "/absent.gz", tmp_path / "absent.gz")
+
+
+@pytest.fixture
+def saved_dataset(tmp_path):
+    """A `datasets` fixture in the hub's translation format, saved to disk."""
+    import datasets
+
+    def split(n):
+        return datasets.Dataset.from_dict({"translation": [{"de": f" satz {i} ", "en": f"sentence {i}"} for i in range(n)]})
+
+    path = tmp_path / "hub-fixture"
+    datasets.DatasetDict({"train": split(6), "validation": split(2), "test": split(3)}).save_to_disk(str(path))
+    return path
+
+
+def test_hub_dataset_saved_to_disk(saved_dataset):
+    cfg = _data_cfg(hub=str(saved_dataset), valid_split="validation", train_limit=4)
+    got = load_corpus(cfg)
+    assert [len(got[r]) for r in ("train", "valid", "test")] == [4, 2, 3]
+    assert got["test"].src[2] == "satz 2" and got["test"].tgt[2] == "sentence 2"
+
+
+def test_hub_errors_name_split_and_language(saved_dataset):
+    with pytest.raises(CorpusError, match="no split 'val'; it has train, validation, test"):
+        load_corpus(_data_cfg(hub=str(saved_dataset)))
+    with pytest.raises(CorpusError, match="has no language 'fr'; it has de, en"):
+        load_corpus(_data_cfg(hub=str(saved_dataset), valid_split="validation", tgt_lang="fr"))
+
+
+def test_hub_load_dataset_path_offline(tmp_path, monkeypatch):
+    """The real `datasets.load_dataset` call, on a local dataset directory, with the hub switched off."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "local-repo"
+    (repo / "data").mkdir(parents=True)
+    for split, n in (("train", 5), ("validation", 2), ("test", 2)):
+        datasets.Dataset.from_dict({"translation": [{"de": f"d{i}", "en": f"e{i}"} for i in range(n)]}).to_parquet(
+            str(repo / "data" / f"{split}-00000-of-00001.parquet")
+        )
+    got = load_corpus(_data_cfg(hub=str(repo), valid_split="validation"))
+    assert got["train"].src == [f"d{i}" for i in range(5)] and got["valid"].tgt == ["e0", "e1"]
+    with pytest.raises(CorpusError, match="no-such-dataset-here: cannot load from the Hugging Face hub"):
+        load_corpus(_data_cfg(hub="no-such-dataset-here"))

@@ -45,6 +45,8 @@ class DataConfig:
     dir: str | None = None
     url: str = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{split}.{lang}.gz"
     download_dir: str = "data/multi30k"  # relative to the project root
+    hub: str | None = None  # a Hugging Face dataset (or a save_to_disk directory) with a `translation` column
+    hub_config: str | None = None  # its configuration, e.g. iwslt2017-de-en
     sha256: dict[str, str] = field(default_factory=dict)  # file name -> checksum, checked after download
     train_split: str = "train"
     valid_split: str = "val"

@@ -103,6 +103,33 @@ def synthetic_pairs(cfg, role: str) -> Pairs:
     return Pairs(src, tgt)
 
 
+def hub_pairs(name: str, config: str | None, split: str, src_lang: str, tgt_lang: str) -> Pairs:
+    """A split of a Hugging Face dataset with a `translation` column ({lang: text}).
+
+    `name` is a hub dataset (`datasets.load_dataset`, cached by `datasets`) or a directory
+    written by `Dataset(Dict).save_to_disk`.
+    """
+    import datasets
+
+    local = Path(name).expanduser()
+    if (local / "dataset_dict.json").exists():
+        splits = datasets.load_from_disk(str(local))
+    else:
+        try:
+            splits = datasets.load_dataset(name, config)
+        except Exception as e:  # the hub raises many types; name the dataset and the fix
+            raise CorpusError(
+                f"{name}: cannot load from the Hugging Face hub ({type(e).__name__}: {e}); check data.hub / data.hub_config"
+            ) from None
+    if split not in splits:
+        raise CorpusError(f"{name}: no split {split!r}; it has {', '.join(splits)} (set data.train_split / valid_split / test_split)")
+    rows = splits[split]["translation"]
+    for lang in (src_lang, tgt_lang):
+        if rows and lang not in rows[0]:
+            raise CorpusError(f"{name}: split {split!r} has no language {lang!r}; it has {', '.join(rows[0])}")
+    return Pairs([r[src_lang].strip() for r in rows], [r[tgt_lang].strip() for r in rows])
+
+
 def download_file(url: str, dest: Path, sha256: str | None = None) -> Path:
     """Download `url` to `dest` once (atomically), checking its SHA-256 when given."""
     if dest.exists():
@@ -150,6 +177,9 @@ def load_split(cfg, role: str) -> Pairs:
     split, limit = getattr(cfg, f"{role}_split"), getattr(cfg, f"{role}_limit")
     if cfg.name == "synthetic":
         return synthetic_pairs(cfg.synthetic, role).head(limit)
+    if cfg.hub:
+        pairs = hub_pairs(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang).head(limit)
+        return filter_training_pairs(pairs) if role == "train" else pairs
     directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
     pairs = read_pair_files(split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)).head(limit)
     log.info("%s %s %s->%s: %s pairs of %s from %s", cfg.name, role, cfg.src_lang, cfg.tgt_lang, f"{len(pairs):,}", split, directory)
