@@ -45,8 +45,8 @@ test:
 	$(PY) -m pytest -q
 
 lint:
-	$(VENV)/bin/ruff check translate tests scripts
-	$(VENV)/bin/ruff format --check translate tests scripts
+	$(VENV)/bin/ruff check translate tests $(wildcard scripts)
+	$(VENV)/bin/ruff format --check translate tests $(wildcard scripts)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
