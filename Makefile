@@ -38,6 +38,10 @@ report:  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from 
 	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report]'; exit 2; }
 	$(PY) -m translate.report $(RUNS) --out $(OUT)
 
+bench:  ## make bench RUNS="<run dirs>": training / decoding speed and peak memory -> docs/benchmark.{md,json}
+	@test -n "$(RUNS)" || { echo 'usage: make bench RUNS="<trained run dirs>"'; exit 2; }
+	$(PY) scripts/benchmark.py $(RUNS)
+
 tensorboard:  ## serve every run under runs/
 	$(VENV)/bin/tensorboard --logdir runs --bind_all
 
@@ -45,8 +49,8 @@ test:
 	$(PY) -m pytest -q
 
 lint:
-	$(VENV)/bin/ruff check translate tests $(wildcard scripts)
-	$(VENV)/bin/ruff format --check translate tests $(wildcard scripts)
+	$(VENV)/bin/ruff check translate tests scripts
+	$(VENV)/bin/ruff format --check translate tests scripts
 
 clean:
 	rm -rf outputs multirun .pytest_cache

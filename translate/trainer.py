@@ -174,6 +174,18 @@ class Trainer:
             or (self.tc.max_minutes and self.train_seconds >= 60 * self.tc.max_minutes)
         )
 
+    def train_step(self, batch):
+        """One update on a batch; returns the summed NLL and the gradient norm (tensors: no host sync)."""
+        self.model.train()
+        loss, nll = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / batch.num_tgt_tokens).backward()
+        clip = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return nll, grad_norm
+
     def fit(self) -> dict:
         """Train until max_epochs / max_steps / max_minutes or patience runs out; returns the last validation."""
         tc, last_valid = self.tc, {}
@@ -184,13 +196,7 @@ class Trainer:
             bar = tqdm(total=len(order), initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", dynamic_ncols=True, mininterval=1.0)
             while self.batch_in_epoch < len(order) and not self.out_of_budget():
                 batch = self.collate(order[self.batch_in_epoch])
-                self.model.train()
-                loss, nll = self.loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss / batch.num_tgt_tokens).backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm if tc.clip_norm > 0 else float("inf"))
-                self.optimizer.step()
-                self.scheduler.step()
+                nll, grad_norm = self.train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
                 window["loss"] += nll
