@@ -47,7 +47,8 @@ def markdown(rows: list[dict]) -> str:
         probe = r["eval"].get("probe") or {}
         lines.append(
             f"| {r['name']} | {r['model']} | {r['parameters']:,} | {r['train_minutes']:.1f} | {r['epochs']:.1f} | "
-            f"{r['tokens_per_s']:,.0f} | {r['eval']['bleu']:.2f} | {r['eval']['chrf']:.2f} | {probe.get('bleu', float('nan')):.2f} |"
+            f"{r['tokens_per_s']:,.0f} | {r['eval']['bleu']:.2f} | {r['eval']['chrf']:.2f} | "
+            f"{'–' if 'bleu' not in probe else format(probe['bleu'], '.2f')} |"
         )
     lines += ["", f"BLEU signature: `{first['bleu_signature']}`; chrF signature: `{first['chrf_signature']}`", ""]
     for title, key in (("test set", None), ("long-sentence probe", "probe")):
