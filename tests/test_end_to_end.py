@@ -59,6 +59,15 @@ def test_train_evaluate_and_read_events(model, multi30k_dir, small_cfg, tmp_path
         assert len(acc.Images(sorted(images)[0])) == 2  # one per validation
 
 
+def test_bf16_autocast_trains(multi30k_dir, small_cfg, tmp_path):
+    trainer = Trainer(small_cfg("transformer", *STEPS, "trainer.precision=bf16"), tmp_path / "run")
+    result = trainer.fit()
+    assert trainer.step == 6 and math.isfinite(result["loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+    with pytest.raises(ValueError, match="unknown trainer.precision='fp8'; choose fp32 or bf16"):
+        Trainer(small_cfg("rnn", "trainer.precision=fp8"), tmp_path / "bad")
+
+
 def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):
     trainer = Trainer(small_cfg("rnn", *STEPS, "trainer.concat_prob=1.0", "trainer.concat_max=3"), tmp_path / "run")
     examples = [e for batch in trainer.epoch_batches() for e in batch]

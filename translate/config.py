@@ -88,6 +88,7 @@ class TrainerConfig:
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; weights and optimizer stay fp32)
     batch_tokens: int = 4096  # padded source-or-target tokens per batch, whichever is larger
     concat_prob: float = 0.0  # probability that a training pair is joined to random others (long-input practice)
     concat_max: int = 3  # at most this many pairs joined into one example

@@ -76,6 +76,8 @@ class Trainer:
         if self.tc.threads > 0:
             torch.set_num_threads(self.tc.threads)
         self.device = resolve_device(self.tc.device)
+        if self.tc.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown trainer.precision={self.tc.precision!r}; choose fp32 or bf16")
 
         corpus = load_corpus(cfg.data)
         self.tokenizer = train_or_load(corpus["train"].src + corpus["train"].tgt, cfg.data.tokenizer, PROJECT_ROOT)
@@ -147,9 +149,14 @@ class Trainer:
             old.unlink(missing_ok=True)
 
     # ---- training ----------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast when trainer.precision=bf16 (CPUs with AVX512-BF16 / AMX, recent GPUs), else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.precision == "bf16")
+
     def loss(self, batch):
         """Label-smoothed cross-entropy summed over target tokens: returns (loss, nll), both sums."""
-        logits = self.model(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)
+        with self.autocast():
+            logits = self.model(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1).float()
         target = batch.tgt_out.flatten()
         loss = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=self.tc.label_smoothing, reduction="sum")
         nll = F.cross_entropy(logits.detach(), target, ignore_index=PAD, reduction="sum")
@@ -280,7 +287,8 @@ class Trainer:
             nll += self.loss(batch)[1]
             tokens += batch.num_tgt_tokens
         n = self.tc.valid_bleu_sentences or len(self.valid_src)
-        hyps = translate_ids(self.model, self.valid_src[:n], BOS, EOS)
+        with self.autocast():
+            hyps = translate_ids(self.model, self.valid_src[:n], BOS, EOS)
         hypotheses = self.tokenizer.decode([h.tokens for h in hyps])
         scores = corpus_scores(hypotheses, self.valid.tgt[:n])
         loss = nll.item() / max(1, tokens)
