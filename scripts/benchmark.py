@@ -28,11 +28,10 @@ def peak_rss_mib() -> float:
 
 
 def bench_train(run: Path, steps: int, warmup: int) -> dict:
-    from omegaconf import OmegaConf
-
+    from translate.config import train_config
     from translate.trainer import Trainer
 
-    cfg = OmegaConf.load(run / "config.yaml")
+    cfg = train_config(run / "config.yaml")
     cfg.resume = None
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp)

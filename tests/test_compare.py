@@ -89,3 +89,16 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     assert "resumed from" in (sweep / "rnn" / "train.log").read_text()
     assert (sweep / "transformer" / "eval" / "test.json").exists()
     assert json.loads((report / "report.json").read_text())[0]["steps"] == 4
+
+
+def test_bleu_drop_ignores_tiny_buckets():
+    from translate.report import bleu_drop
+
+    buckets = [
+        {"bleu": 30.0, "sentences": 400},
+        {"bleu": 20.0, "sentences": 34},
+        {"bleu": 50.0, "sentences": 1},
+        {"bleu": None, "sentences": 0},
+    ]
+    assert bleu_drop(buckets) == 10.0
+    assert bleu_drop(buckets[:1]) is None

@@ -8,8 +8,10 @@ not a silently ignored setting.  Config groups mirror code modules:
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -128,7 +130,7 @@ class EvalConfig:
     n_best: int = 1  # hypotheses returned per sentence (<= beam_size); evaluation scores the best
     max_len_ratio: float = 2.0  # output length limit: ratio × source tokens + max_len_offset
     max_len_offset: int = 10
-    length_buckets: list[int] = field(default_factory=lambda: [0, 10, 15, 20, 30, 1000])
+    length_buckets: list[int] = field(default_factory=lambda: [0, 10, 15, 20, 1000])
     probe_k: int = 5  # long-sentence probe: join k = 1..probe_k consecutive pairs; 0 = no probe
     probe_per_k: int = 200  # probe inputs per k
     probe_length_buckets: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40, 50, 60, 1000])
@@ -165,6 +167,11 @@ class AverageConfig:
     run: str = "???"  # the run directory written by training
     last: int = 5  # average the newest `last` numbered checkpoints step_<N>.pt (see trainer.keep_last)
     out: str = "averaged"  # written to <run>/<out>.pt; use it with eval.checkpoint=<out>
+
+
+def train_config(saved) -> DictConfig:
+    """A saved training config (dict or YAML path) on top of today's schema: fields added since it was written get defaults."""
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved) if isinstance(saved, (str, Path)) else saved)
 
 
 def register_configs() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from translate.checkpoint import find_checkpoint, load_checkpoint
-from translate.config import register_configs
+from translate.config import register_configs, train_config
 from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
 from translate.data.probe import long_sentence_probe
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
@@ -36,7 +36,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     run_dir = Path(run_dir)
     path = find_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
-    cfg = OmegaConf.create(ckpt["config"])
+    cfg = train_config(ckpt["config"])
     tokenizer = Tokenizer(run_dir / "tokenizer.model")
     model = build_model(cfg.model, ckpt["vocab_size"], PAD)
     model.load_state_dict(ckpt["model"])

@@ -24,9 +24,12 @@ def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
     return {"run": str(run_dir), "name": run_dir.name, **json.loads(summary.read_text()), "eval": json.loads(result.read_text())}
 
 
+MIN_BUCKET = 10  # sentences a bucket needs to count in the drop; smaller ones are too noisy
+
+
 def bleu_drop(buckets: list[dict]) -> float | None:
-    """BLEU of the shortest non-empty bucket minus that of the longest."""
-    scored = [b for b in buckets if b["bleu"] is not None]
+    """BLEU of the shortest bucket minus that of the longest, among buckets of MIN_BUCKET+ sentences."""
+    scored = [b for b in buckets if b["bleu"] is not None and b["sentences"] >= MIN_BUCKET]
     return round(scored[0]["bleu"] - scored[-1]["bleu"], 2) if len(scored) > 1 else None
 
 
@@ -60,7 +63,10 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive test pairs joined")
         else:
             lines.append(f"## BLEU by source length (words), {title}")
-        lines += ["", "| run | " + " | ".join(_bucket_label(b) for b in buckets[0]) + " | drop shortest→longest |"]
+        lines += [
+            "",
+            "| run | " + " | ".join(_bucket_label(b) for b in buckets[0]) + f" | drop shortest→longest (buckets of {MIN_BUCKET}+) |",
+        ]
         lines.append("|---|" + "---:|" * (len(buckets[0]) + 1))
         lines.append("| sentences | " + " | ".join(str(b["sentences"]) for b in buckets[0]) + " | |")
         for r, bs in zip(rows, buckets):
