@@ -114,3 +114,15 @@ def test_attention_maps_for_heatmaps(key):
         assert list(maps) == ["layer1", "layer2"]
         head0 = model.attention_maps(src, mask, tgt, head=0)["layer1"]
         torch.testing.assert_close(head0.sum(-1), torch.ones(4, 7))
+
+
+def test_link_checkpoint_is_atomic_and_survives_the_source_being_replaced(tmp_path):
+    from translate.checkpoint import link_checkpoint
+
+    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    save_checkpoint({"step": 2}, tmp_path / "last.pt")  # replaced by rename: best.pt keeps step 1
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 1 and load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

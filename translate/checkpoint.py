@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read back with `weights_only=True`."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,20 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def link_checkpoint(source: str | Path, dest: str | Path) -> None:
+    """Make `dest` the same checkpoint as `source` without writing it again: a hard link, swapped in
+    atomically (save_checkpoint replaces files by rename, never in place, so links stay valid); a copy
+    where the file system has no hard links."""
+    source, dest = Path(source), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

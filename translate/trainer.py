@@ -7,7 +7,6 @@ trainer state, saved to `last.pt` as a whole, so a killed run resumes exactly.
 
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from translate.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
+from translate.checkpoint import link_checkpoint, load_checkpoint, numbered_checkpoints, save_checkpoint
 from translate.data.batching import bucketed_batch_order, collate, concatenation_plan
 from translate.data.corpus import PROJECT_ROOT, load_corpus
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer, train_or_load
@@ -139,12 +138,7 @@ class Trainer:
         """step_<N>.pt, the state just saved as last.pt, keeping the newest `trainer.keep_last` (0: none)."""
         if self.tc.keep_last <= 0:
             return
-        path = self.run_dir / f"step_{self.step}.pt"
-        try:  # a hard link to last.pt writes nothing (save_checkpoint replaces last.pt by rename, never in place)
-            path.unlink(missing_ok=True)
-            os.link(self.run_dir / "last.pt", path)
-        except OSError:  # a file system without hard links
-            self.save(path.stem)
+        link_checkpoint(self.run_dir / "last.pt", self.run_dir / f"step_{self.step}.pt")
         for old in numbered_checkpoints(self.run_dir)[: -self.tc.keep_last]:
             old.unlink(missing_ok=True)
 
@@ -323,5 +317,5 @@ class Trainer:
         self.save("last")
         self.save_numbered()
         if improved:
-            self.save("best")
+            link_checkpoint(self.run_dir / "last.pt", self.run_dir / "best.pt")
         return result
