@@ -124,22 +124,23 @@ def evaluate(run_dir: str | Path, ec) -> dict:
     return result
 
 
+def _bucket_lines(buckets: list[dict]) -> list[str]:
+    bleu = lambda b: "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"  # noqa: E731
+    return [f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu(b)}  ({b['sentences']} sentences)" for b in buckets]
+
+
 def format_result(result: dict) -> str:
     lines = [
         f"{result['name']}: {result['sentences']} sentences, {result['model']} step {result['step']}, {result['decoding']['search']}",
         f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})",
         f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})",
         "BLEU by source length (words):",
+        *_bucket_lines(result["bleu_by_length"]),
     ]
-    for b in result["bleu_by_length"]:
-        bleu = "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"
-        lines.append(f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu}  ({b['sentences']} sentences)")
     if result.get("probe"):
         probe = result["probe"]
         lines.append(f"long-sentence probe (k = 1..{probe['k_max']} consecutive pairs joined): BLEU {probe['bleu']:.2f}, by length:")
-        for b in probe["bleu_by_length"]:
-            bleu = "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"
-            lines.append(f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu}  ({b['sentences']} sentences)")
+        lines += _bucket_lines(probe["bleu_by_length"])
     return "\n".join(lines)
 
 
