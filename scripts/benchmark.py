@@ -1,18 +1,23 @@
-"""Speed and memory of training and decoding, per model, on this machine.
+"""Speed, memory and FLOPs utilisation of training and decoding on this machine.
 
-    python scripts/benchmark.py RUN_DIR... [--train-steps 20] [--repeats 3] [--out docs/benchmark]
+    python scripts/benchmark.py [RUN_DIR...] [--train "OVERRIDES" ...] [--train-steps 20] [--out docs/benchmark]
 
-For each trained run: training target tokens/s (median over steps after warm-up,
-batch building included, on the run's own config and data), decoding sentences/s and
-target tokens/s on the run's test split for greedy and beam 5 (median of repeats),
-and the peak resident memory of each measurement (each runs in its own process).
-Writes <out>.json and <out>.md.
+Training rows: one per setting, a string of Hydra overrides of the training config
+("model=transformer_ref trainer.precision=bf16"); the default settings are the three
+models and the two reference architectures of docs/performance.md.  For each: target
+tokens/s (median over steps after warm-up, batch building included), peak resident
+memory, model FLOPs per target token (counted on unpadded sentences, forward + backward)
+and MFU = FLOPs/token × tokens/s ÷ this machine's matmul peak, which the script measures
+itself for fp32 and bf16.  Decoding rows: one per trained RUN_DIR, sentences/s and
+target tokens/s on its test split for greedy and beam 5 (median of repeats).  Every
+measurement runs in its own process, so peak memory is its own.  Writes <out>.json/.md.
 """
 
 import argparse
 import json
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -22,29 +27,105 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRAIN = [
+    "model=rnn",
+    "model=rnn_attention",
+    "model=transformer",
+    "model=rnn_attention_ref",
+    "model=rnn_attention_ref trainer.precision=bf16",
+    "model=transformer_ref",
+    "model=transformer_ref trainer.precision=bf16",
+]
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_train(run: Path, steps: int, warmup: int) -> dict:
-    from translate.config import train_config
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Median GFLOP/s of a square matmul: the ceiling MFU is measured against."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b  # warm-up (oneDNN primitive creation)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def compose_settings(setting: str, steps: int):
+    from hydra import compose, initialize_config_dir
+
+    from translate.config import register_configs
+
+    register_configs()
+    overrides = [o for o in shlex.split(setting) if not o.startswith("batching=")]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="train", overrides=[*overrides, f"trainer.max_steps={steps}", "trainer.max_minutes=0"])
+    cfg.resume = None
+    return cfg
+
+
+def random_batches(trainer) -> list:
+    """Token batches in random order, no length bucketing: what `batching=random` measures against."""
+    from translate.data.batching import token_batches
+
+    plan = [(i,) for i in torch.randperm(len(trainer.train_src), generator=torch.Generator().manual_seed(0)).tolist()]
+    return [[plan[j] for j in b] for b in token_batches([trainer.train_lengths[e[0]] for e in plan], trainer.tc.batch_tokens)]
+
+
+def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
+    """Model FLOPs (forward + backward) per target token, counted sentence by sentence (no padding)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops, tokens, forward = 0, 0, trainer.forward
+    trainer.forward = trainer.model  # count the eager model, compiled or not
+    for example in examples[:sample]:
+        batch = trainer.collate([example])
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # MATH: SDPA as countable matmuls
+            loss, _ = trainer.loss(batch)
+            loss.backward()
+        flops, tokens = flops + counter.get_total_flops(), tokens + batch.num_tgt_tokens
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.forward = forward
+    return flops / tokens
+
+
+def bench_train(setting: str, steps: int, warmup: int) -> dict:
     from translate.trainer import Trainer
 
-    cfg = train_config(run / "config.yaml")
-    cfg.resume = None
+    cfg = compose_settings(setting, warmup + steps)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, tmp)
-        order = trainer.epoch_batches()
-        rates = []
+        order = random_batches(trainer) if "batching=random" in setting else trainer.epoch_batches()
+        flops = flops_per_target_token(trainer, order[0])
+        rates, collate_ms, real, padded = [], [], 0, 0
         for i in range(warmup + steps):
             started = time.perf_counter()
             batch = trainer.collate(order[i % len(order)])
-            trainer.train_step(batch)[0].item()  # wait for the step to finish
+            built = time.perf_counter()
+            trainer.train_step(batch)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
             if i >= warmup:
                 rates.append(batch.num_tgt_tokens / (time.perf_counter() - started))
+                collate_ms.append(1000 * (built - started))
+                real, padded = real + batch.num_tgt_tokens, padded + batch.tgt_out.numel()
         trainer.writer.close()
-    return {"train_tokens_per_s": round(statistics.median(rates), 1), "parameters": trainer.num_parameters}
+    tokens_per_s = statistics.median(rates)
+    return {
+        "parameters": trainer.num_parameters,
+        "precision": cfg.trainer.precision,
+        "threads": torch.get_num_threads(),
+        "train_tokens_per_s": round(tokens_per_s, 1),
+        "collate_ms": round(statistics.median(collate_ms), 2),
+        "target_padding": round(1 - real / padded, 4),
+        "gflops_per_token": round(flops / 1e9, 4),
+        "model_tflops": round(flops * tokens_per_s / 1e12, 4),
+    }
 
 
 def bench_decode(run: Path, beam: int, repeats: int) -> dict:
@@ -74,51 +155,80 @@ def run_isolated(args: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_one(what: str, target: str, args) -> dict:
+    if what == "peak":
+        result = {dtype: round(matmul_peak_gflops(getattr(torch, dtype)), 1) for dtype in ("float32", "bfloat16")}
+    elif what == "train":
+        result = bench_train(target, args.train_steps, args.warmup)
+    else:
+        result = bench_decode(Path(target), int(what), args.repeats)
+    return {**result, "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], args) -> str:
+    lines = [
+        f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; matmul peak "
+        f"{machine['peak_gflops']['float32']:,.0f} GFLOP/s fp32, {machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16. "
+        f"Medians; training: {args.train_steps} steps after {args.warmup} warm-up, batch building included.",
+        "",
+        "| training setting | parameters | target tok/s | peak MiB | GFLOP / token | MFU | target padding | batch build ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in train_rows:
+        lines.append(
+            f"| `{r['setting']}` | {r['parameters']:,} | {r['train_tokens_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} | "
+            f"{r['gflops_per_token']:.3f} | {r['mfu']:.1%} | {r['target_padding']:.1%} | {r['collate_ms']:.1f} |"
+        )
+    if decode_rows:
+        lines += [
+            "",
+            "| decoding (test split) | " + " | ".join(f"beam {b} sent/s | beam {b} tok/s" for b in args.beams) + " | peak MiB |",
+            "|---|" + "---:|---:|" * len(args.beams) + "---:|",
+        ]
+        for r in decode_rows:
+            cells = " | ".join(f"{r[f'beam{b}']['sentences_per_s']:,.1f} | {r[f'beam{b}']['tokens_per_s']:,.0f}" for b in args.beams)
+            peak = max(r[f"beam{b}"]["peak_rss_mib"] for b in args.beams)
+            lines.append(f"| {r['model']} (`{r['run']}`) | {cells} | {peak:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path, help="trained run directories to decode with")
+    parser.add_argument("--train", nargs="*", default=None, help="training settings (Hydra overrides, one string each)")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"))
-    parser.add_argument("--one", nargs=2, metavar=("WHAT", "RUN"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=2, metavar=("WHAT", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        what, run = args.one[0], Path(args.one[1])
-        result = bench_train(run, args.train_steps, args.warmup) if what == "train" else bench_decode(run, int(what), args.repeats)
-        print(json.dumps({**result, "peak_rss_mib": round(peak_rss_mib(), 1)}))
+        print(json.dumps(measure_one(*args.one, args)))
         return
     common = ["--train-steps", str(args.train_steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    rows = []
+    peak = run_isolated(["peak", "-", *common])
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine["peak_gflops"] = {k: peak[k] for k in ("float32", "bfloat16")}
+    train_rows, decode_rows = [], []
+    for setting in DEFAULT_TRAIN if args.train is None else args.train:
+        row = {"setting": setting, **run_isolated(["train", setting, *common])}
+        peak_flops = machine["peak_gflops"]["bfloat16" if row["precision"] == "bf16" else "float32"] * 1e9
+        row["mfu"] = round(row["model_tflops"] * 1e12 / peak_flops, 4)
+        train_rows.append(row)
+        print(json.dumps(row), flush=True)
     for run in args.runs:
         row = {"run": str(run), "model": json.loads((run / "train_summary.json").read_text())["model"]}
-        row["train"] = run_isolated(["train", str(run), *common])
         for beam in args.beams:
             row[f"beam{beam}"] = run_isolated([str(beam), str(run), *common])
-        rows.append(row)
+        decode_rows.append(row)
         print(json.dumps(row), flush=True)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"torch {machine['torch']}, {machine['threads']} threads, fp32; medians. Training: {args.train_steps} steps after "
-        f"{args.warmup} warm-up; decoding: test split, {args.repeats} repeats.",
-        "",
-        "| model | parameters | train tok/s | train peak MiB | "
-        + " | ".join(f"beam {b} sent/s | beam {b} tok/s" for b in args.beams)
-        + " | decode peak MiB |",
-        "|---|---:|---:|---:|" + "---:|---:|" * len(args.beams) + "---:|",
-    ]
-    for r in rows:
-        decode = " | ".join(f"{r[f'beam{b}']['sentences_per_s']:,.1f} | {r[f'beam{b}']['tokens_per_s']:,.0f}" for b in args.beams)
-        peak = max(r[f"beam{b}"]["peak_rss_mib"] for b in args.beams)
-        lines.append(
-            f"| {r['model']} | {r['train']['parameters']:,} | {r['train']['train_tokens_per_s']:,.0f} | "
-            f"{r['train']['peak_rss_mib']:,.0f} | {decode} | {peak:,.0f} |"
-        )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report = {"machine": machine, "train": train_rows, "decode": decode_rows}
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(machine, train_rows, decode_rows, args)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from translate.models.attention import SCORERS, LocalAttention, MultiHeadAttention, ScaledDotAttention, build_attention
+from translate.models.attention import (
+    SCORERS,
+    LocalAttention,
+    MonotonicLocalAttention,
+    MultiHeadAttention,
+    ScaledDotAttention,
+    build_attention,
+)
 
 B, S, Q = 3, 7, 16
+POSITION = torch.tensor([3, 3, 0])  # target positions: with window 5 every real source token is in reach
 
 
 def _inputs(memory_dim=Q):
@@ -19,7 +27,7 @@ def _inputs(memory_dim=Q):
 def test_weights_sum_to_one_and_ignore_padding(name):
     query, memory, mask = _inputs()
     attn = build_attention(name, Q, Q, attention_dim=8, heads=2)
-    context, weights = attn(query, attn.project_keys(memory), memory, mask)
+    context, weights = attn(query, attn.project_keys(memory), memory, mask, POSITION)
     assert context.shape == (B, Q) and weights.shape == (B, S)
     torch.testing.assert_close(weights.sum(-1), torch.ones(B))
     assert torch.all(weights[~mask] == 0)
@@ -31,8 +39,8 @@ def test_padding_content_does_not_change_context(name):
     query, memory, mask = _inputs()
     attn = build_attention(name, Q, Q, attention_dim=8, heads=2)
     noisy = memory.masked_fill(~mask.unsqueeze(-1), 1e4)
-    a = attn(query, attn.project_keys(memory), memory, mask)[0]
-    b = attn(query, attn.project_keys(noisy), noisy, mask)[0]
+    a = attn(query, attn.project_keys(memory), memory, mask, POSITION)[0]
+    b = attn(query, attn.project_keys(noisy), noisy, mask, POSITION)[0]
     torch.testing.assert_close(a, b)
 
 
@@ -84,3 +92,20 @@ def test_local_puts_zero_weight_outside_its_window():
     assert torch.all(weights[outside] == 0) and torch.all(weights[~long_mask] == 0)
     assert torch.all((weights > 0).sum(-1) <= 7)  # at most 2D + 1 positions
     torch.testing.assert_close(weights.sum(-1), torch.ones(B))
+
+
+def test_local_m_window_follows_the_target_position():
+    torch.manual_seed(0)
+    mask = torch.ones(B, 40, dtype=torch.bool)
+    mask[1, 12:] = False  # 12 real tokens: a position past the end clamps to the last one
+    query, memory = torch.randn(B, Q), torch.randn(B, 40, Q)
+    attn = MonotonicLocalAttention(Q, Q, window=2)
+    position = torch.tensor([0, 30, 20])
+    _, weights = attn(query, attn.project_keys(memory), memory, mask, position)
+    reach = [range(0, 3), range(9, 12), range(18, 23)]
+    for row, allowed in enumerate(reach):
+        nonzero = set(torch.nonzero(weights[row]).flatten().tolist())
+        assert nonzero == set(allowed), row
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B))
+    with pytest.raises(ValueError, match="local_m attention needs the target position"):
+        attn(query, attn.project_keys(memory), memory, mask)

@@ -13,6 +13,7 @@ CONFIGS = {
     "rnn_attention": dict(name="rnn_attention", emb_dim=24, hidden_dim=32, attention_dim=16),
     "rnn_attention_lstm": dict(name="rnn_attention", cell="lstm", emb_dim=24, hidden_dim=32, attention_dim=16, tie_embeddings=False),
     "rnn_attention_local": dict(name="rnn_attention", attention="local", emb_dim=24, hidden_dim=32, attention_dim=16, window=2),
+    "rnn_attention_local_m": dict(name="rnn_attention", attention="local_m", emb_dim=24, hidden_dim=32, window=2, bidirectional=False),
     "rnn_attention_multihead": dict(name="rnn_attention", attention="multihead", emb_dim=24, hidden_dim=32, attention_dim=16, heads=2),
     "transformer": dict(name="transformer", d_model=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2),
     "transformer_post_ln": dict(name="transformer", d_model=32, heads=4, ff_dim=64, pre_norm=False, tie_embeddings=False),

@@ -98,6 +98,8 @@ class TrainerConfig:
     max_steps: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # wall-clock budget, validation included; 0 = no limit
     optimizer: str = "adam"
+    adam_impl: str = "fused"  # fused | foreach | for_loop: the kernel behind Adam's update (docs/performance.md)
+    compile: bool = False  # torch.compile the model for training (docs/performance.md has what it buys on CPU)
     lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0

@@ -55,6 +55,28 @@ def learning_rate_factor(schedule: str, warmup: int):
     return factor
 
 
+def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
+    if tc.optimizer != "adam":
+        raise ValueError(f"unknown trainer.optimizer={tc.optimizer!r}; choose adam")
+    if tc.adam_impl not in ("fused", "foreach", "for_loop"):
+        raise ValueError(f"unknown trainer.adam_impl={tc.adam_impl!r}; choose fused, foreach or for_loop")
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[tc.adam_impl]
+    return torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **impl)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
+    """Label-smoothed cross-entropy and plain NLL, both summed over non-ignored targets, from one log-softmax.
+
+    logits (N, V), target (N,).  Same value as F.cross_entropy(..., label_smoothing=ε): (1-ε)·nll + ε·mean_v(-log p_v).
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    keep = target != ignore_index
+    nll = -log_probs.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
+    uniform = -log_probs.mean(dim=-1)
+    nll, uniform = nll.masked_fill(~keep, 0.0).sum(), uniform.masked_fill(~keep, 0.0).sum()
+    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
+
+
 def encode_split(tokenizer: Tokenizer, pairs, max_tokens: int | None = None):
     """Subword ids per side; with `max_tokens`, over-long pairs are dropped and counted."""
     src, tgt = tokenizer.encode(pairs.src), tokenizer.encode(pairs.tgt)
@@ -88,9 +110,8 @@ class Trainer:
 
         self.model = build_model(cfg.model, len(self.tokenizer), PAD).to(self.device)
         self.num_parameters = count_parameters(self.model)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas), weight_decay=self.tc.weight_decay
-        )
+        self.optimizer = build_optimizer(self.model, self.tc)
+        self.forward = torch.compile(self.model, dynamic=True) if self.tc.compile else self.model
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, learning_rate_factor(self.tc.schedule, self.tc.warmup_steps))
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -149,12 +170,10 @@ class Trainer:
 
     def loss(self, batch):
         """Label-smoothed cross-entropy summed over target tokens: returns (loss, nll), both sums."""
+        model = self.forward if self.model.training else self.model
         with self.autocast():
-            logits = self.model(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1).float()
-        target = batch.tgt_out.flatten()
-        loss = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=self.tc.label_smoothing, reduction="sum")
-        nll = F.cross_entropy(logits.detach(), target, ignore_index=PAD, reduction="sum")
-        return loss, nll
+            logits = model(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)
+        return smoothed_cross_entropy(logits, batch.tgt_out.flatten(), self.tc.label_smoothing, PAD)
 
     def epoch_batches(self) -> list[list[tuple[int, ...]]]:
         """This epoch's batches of examples (tuples of training-pair indices joined into one); fixed by seed and epoch."""

@@ -3,9 +3,10 @@
 All share one stateless interface, so the decoder can swap them by name:
 
     keys = attn.project_keys(memory)                  # once per sentence: (B, S, M) -> (B, S, K)
-    context, weights = attn(query, keys, memory, mask)
+    context, weights = attn(query, keys, memory, mask, position)
         query (B, Q) decoder state, memory (B, S, M) encoder outputs,
-        mask (B, S) bool True on real tokens
+        mask (B, S) bool True on real tokens, position (B,) long: the index of the
+        target word being predicted (only local_m looks at it)
         -> context (B, M), weights (B, S): sum to 1 over real tokens, exactly 0 on padding
 
 Nothing is cached on the module: projected keys travel in the decoder state.
@@ -34,7 +35,7 @@ class AdditiveAttention(nn.Module):
     def project_keys(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key_proj(memory)  # (B, S, A)
 
-    def forward(self, query, keys, memory, mask):
+    def forward(self, query, keys, memory, mask, position=None):
         scores = self.energy(torch.tanh(self.query_proj(query).unsqueeze(1) + keys)).squeeze(-1)  # (B, S)
         weights = masked_softmax(scores, mask)
         return torch.bmm(weights.unsqueeze(1), memory).squeeze(1), weights
@@ -56,7 +57,7 @@ class DotAttention(nn.Module):
     def project_keys(self, memory):
         return memory
 
-    def forward(self, query, keys, memory, mask):
+    def forward(self, query, keys, memory, mask, position=None):
         scores = torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1) * self.scale  # (B, S)
         weights = masked_softmax(scores, mask)
         return torch.bmm(weights.unsqueeze(1), memory).squeeze(1), weights
@@ -103,7 +104,7 @@ class MultiHeadAttention(nn.Module):
     def project_keys(self, memory):
         return torch.cat([self.key_proj(memory), self.value_proj(memory)], dim=-1)  # (B, S, 2A): keys ‖ values
 
-    def forward(self, query, keys, memory, mask):
+    def forward(self, query, keys, memory, mask, position=None):
         k, v = (self._split(t) for t in keys.chunk(2, dim=-1))  # (B, h, S, d_h)
         q = self._split(self.query_proj(query).unsqueeze(1))  # (B, h, 1, d_h)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, h, 1, S)
@@ -127,12 +128,34 @@ class LocalAttention(GeneralAttention):
         self.window = window
         self.centre = nn.Sequential(nn.Linear(query_dim, attention_dim, bias=False), nn.Tanh(), nn.Linear(attention_dim, 1, bias=False))
 
-    def forward(self, query, keys, memory, mask):
+    def forward(self, query, keys, memory, mask, position=None):
         last = (mask.sum(1, keepdim=True) - 1).to(query.dtype)  # (B, 1)
         centre = last * torch.sigmoid(self.centre(query))  # (B, 1)
         distance = torch.arange(mask.shape[1], device=mask.device, dtype=query.dtype) - centre  # (B, S)
         sigma = self.window / 2
         scores = torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1) - distance.square() / (2 * sigma**2)
+        weights = masked_softmax(scores, mask & (distance.abs() <= self.window))
+        return torch.bmm(weights.unsqueeze(1), memory).squeeze(1), weights
+
+
+class MonotonicLocalAttention(GeneralAttention):
+    """Luong et al. 2015 (local-m): the window follows the target position, p = min(t, S − 1)
+
+        e_j = qᵀ W_a h_j  for |j − p| ≤ D, else −∞;   α = softmax(e)
+
+    Source and target are assumed roughly monotonically aligned; no Gaussian, no predicted centre.
+    """
+
+    def __init__(self, query_dim: int, memory_dim: int, attention_dim: int = 0, window: int = 5):
+        super().__init__(query_dim, memory_dim)
+        self.window = window
+
+    def forward(self, query, keys, memory, mask, position=None):
+        if position is None:
+            raise ValueError("local_m attention needs the target position of each query")
+        centre = torch.minimum(position, mask.sum(1) - 1).unsqueeze(1)  # (B, 1)
+        distance = torch.arange(mask.shape[1], device=mask.device) - centre  # (B, S)
+        scores = torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1)
         weights = masked_softmax(scores, mask & (distance.abs() <= self.window))
         return torch.bmm(weights.unsqueeze(1), memory).squeeze(1), weights
 
@@ -144,6 +167,7 @@ SCORERS = {
     "scaled_dot": ScaledDotAttention,
     "multihead": MultiHeadAttention,
     "local": LocalAttention,
+    "local_m": MonotonicLocalAttention,
 }
 
 
@@ -152,6 +176,6 @@ def build_attention(name: str, query_dim: int, memory_dim: int, attention_dim: i
         raise ValueError(f"unknown model.attention={name!r}; choose one of {', '.join(SCORERS)}")
     if name == "multihead":
         return MultiHeadAttention(query_dim, memory_dim, attention_dim, heads)
-    if name == "local":
-        return LocalAttention(query_dim, memory_dim, attention_dim, window)
+    if name in ("local", "local_m"):
+        return SCORERS[name](query_dim, memory_dim, attention_dim, window)
     return SCORERS[name](query_dim, memory_dim, attention_dim)

@@ -171,14 +171,15 @@ class AttentionRNN(RNNSeq2Seq):
         memory, final = self.encoder(src, src_mask)  # (B, S, M), (B, M)
         first_backward = final[:, self.hidden_dim :] if self.bidirectional else final
         s0 = torch.tanh(self.init_state(first_backward))  # (B, H)
-        state = {"memory": memory, "keys": self.attention.project_keys(memory), "src_mask": src_mask, "hidden": s0}
+        position = torch.zeros(src.shape[0], dtype=torch.long, device=src.device)  # target index, for local_m
+        state = {"memory": memory, "keys": self.attention.project_keys(memory), "src_mask": src_mask, "hidden": s0, "position": position}
         if self.cell == "lstm":
             state["cell"] = torch.zeros_like(s0)
         return state
 
     def decode_step(self, state, prev, need_attention: bool = False):
         embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
-        context, weights = self.attention(state["hidden"], state["keys"], state["memory"], state["src_mask"])
+        context, weights = self.attention(state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"])
         logits = self.readout(state["hidden"], embedded, context)
         rnn_in = torch.cat([embedded, context], dim=-1)
         if self.cell == "lstm":
@@ -186,7 +187,7 @@ class AttentionRNN(RNNSeq2Seq):
             new = {"hidden": h, "cell": c}
         else:
             new = {"hidden": self.decoder(rnn_in, state["hidden"])}
-        return logits, {**state, **new, "attention": weights}
+        return logits, {**state, **new, "attention": weights, "position": state["position"] + 1}
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
         state, logits, weights = self.encode(src, src_mask), [], []

@@ -1,0 +1,150 @@
+"""Component timings behind docs/performance.md: each speed lever on, then off, in one process.
+
+    python scripts/levers.py [--repeats 7] [--out docs/levers]
+
+Levers that are config switches (precision, threads, Adam kernel, torch.compile, length
+bucketing) are measured on whole training steps by scripts/benchmark.py; the ones built
+into the models are measured here on the reference sizes (batch of 4,096 padded tokens,
+d_model / hidden 256-512, Multi30k sentence lengths), forward + backward, median ms:
+
+- scaled_dot_product_attention versus the same attention written as matmul-softmax-matmul;
+- additive-attention keys projected once per sentence versus at every decoder step;
+- packed versus padded sequences in the bidirectional GRU encoder, on length-bucketed
+  batches and on random batches.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from translate.models.attention import AdditiveAttention
+from translate.models.transformer import MultiHeadAttention
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def explicit_attention(q, k, v, mask, dropout: float):
+    """softmax(Q Kᵀ / √d) V written out, as before SDPA."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    weights = F.dropout(torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1), dropout)
+    return weights @ v
+
+
+def sdpa_lever(repeats: int, precision: str) -> dict:
+    """Encoder self-attention of the reference Transformer: 128 sentences × 32 tokens, d 256, 4 heads."""
+    attn = MultiHeadAttention(256, 4, dropout=0.1).train()
+    x = torch.randn(128, 32, 256, requires_grad=True)
+    mask = torch.ones(128, 1, 1, 32, dtype=torch.bool)
+    mask[::3, ..., 26:] = False  # some padding
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
+
+    def fused():
+        with autocast():
+            out = attn.attend(x, *attn.project_kv(x), mask)[0]
+        out.float().sum().backward()
+
+    def written_out():
+        with autocast():
+            q, (k, v) = attn._split(attn.q_proj(x)), attn.project_kv(x)
+            out = explicit_attention(q, k, v, mask, 0.1).transpose(1, 2).reshape(128, 32, 256)
+            out = attn.out_proj(out)
+        out.float().sum().backward()
+
+    return {"on_ms": median_ms(fused, repeats), "off_ms": median_ms(written_out, repeats)}
+
+
+def keys_once_lever(repeats: int) -> dict:
+    """Bahdanau attention over 30 decoder steps: 128 sentences × 30 source positions, memory 1024, attention 512."""
+    attn = AdditiveAttention(512, 1024, 512)
+    memory = torch.randn(128, 30, 1024, requires_grad=True)
+    queries = torch.randn(30, 128, 512, requires_grad=True)
+    mask = torch.ones(128, 30, dtype=torch.bool)
+
+    def run(project_every_step: bool):
+        keys, total = attn.project_keys(memory), 0.0
+        for t in range(queries.shape[0]):
+            step_keys = attn.project_keys(memory) if project_every_step else keys
+            total = total + attn(queries[t], step_keys, memory, mask)[0].sum()
+        total.backward()
+
+    return {"on_ms": median_ms(lambda: run(False), repeats), "off_ms": median_ms(lambda: run(True), repeats)}
+
+
+def packing_lever(repeats: int, lengths: list[int]) -> dict:
+    """Bidirectional GRU 256 -> 2×512 over one 4,096-token batch of the given lengths, packed or padded."""
+    rnn = nn.GRU(256, 512, batch_first=True, bidirectional=True)
+    lengths_t = torch.tensor(lengths)
+    x = torch.randn(len(lengths), max(lengths), 256, requires_grad=True)
+
+    def packed():
+        out, _ = rnn(pack_padded_sequence(x, lengths_t, batch_first=True, enforce_sorted=False))
+        pad_packed_sequence(out, batch_first=True)[0].sum().backward()
+
+    def padded():  # faster only if padding is rare, and wrong: the backward direction starts on padding
+        rnn(x)[0].sum().backward()
+
+    padding = 1 - sum(lengths) / (len(lengths) * max(lengths))
+    return {"on_ms": median_ms(packed, repeats), "off_ms": median_ms(padded, repeats), "padding": round(padding, 3)}
+
+
+def batch_lengths(bucketed: bool, seed: int = 0) -> list[int]:
+    """Source lengths of one batch of 4,096 padded tokens from a Multi30k-like length distribution (mean ≈ 15)."""
+    g = torch.Generator().manual_seed(seed)
+    pool = (torch.distributions.Gamma(6.0, 0.4).sample((2000,)) + 3).round().int().clamp(4, 60).tolist()
+    pool = [pool[i] for i in torch.randperm(len(pool), generator=g).tolist()]
+    if bucketed:
+        pool = sorted(pool)[1000:]  # a bucket near the median
+    batch = []
+    for length in pool:
+        if max(batch + [length]) * (len(batch) + 1) > 4096:
+            break
+        batch.append(length)
+    return batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("docs/levers"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = {
+        "scaled_dot_product_attention (fp32)": sdpa_lever(args.repeats, "fp32"),
+        "scaled_dot_product_attention (bf16 autocast)": sdpa_lever(args.repeats, "bf16"),
+        "additive keys projected once per sentence": keys_once_lever(args.repeats),
+        "packed GRU encoder, length-bucketed batch": packing_lever(args.repeats, batch_lengths(bucketed=True)),
+        "packed GRU encoder, random batch": packing_lever(args.repeats, batch_lengths(bucketed=False)),
+    }
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward + backward, median of {args.repeats}.",
+        "",
+        "| lever | on (ms) | off (ms) | speed-up |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        extra = f" (padding {r['padding']:.0%})" if "padding" in r else ""
+        lines.append(f"| {name}{extra} | {r['on_ms']:.1f} | {r['off_ms']:.1f} | {r['off_ms'] / r['on_ms']:.2f}× |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
