@@ -7,8 +7,13 @@ TORCH  ?= torch==2.13.0
 HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 OUT ?= runs/report
+LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.adam_impl=for_loop" \
+	"model=transformer_ref trainer.adam_impl=foreach" "model=transformer_ref trainer.threads=1" \
+	"model=transformer_ref batching=random" "model=transformer_ref model.attention_dropout=0.1" \
+	"model=transformer_ref trainer.compile=true" \
+	"model=rnn_attention_ref" "model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop"
 
-.PHONY: install train eval translate average compare report tensorboard test lint clean
+.PHONY: install train eval translate average compare report bench levers tensorboard test lint clean
 
 install:  ## virtualenv + the package; TORCH=torch for your platform's default (CUDA) build
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +43,12 @@ report:  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from 
 	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report]'; exit 2; }
 	$(PY) -m translate.report $(RUNS) --out $(OUT)
 
-bench:  ## make bench RUNS="<run dirs>": training / decoding speed and peak memory -> docs/benchmark.{md,json}
-	@test -n "$(RUNS)" || { echo 'usage: make bench RUNS="<trained run dirs>"'; exit 2; }
+bench:  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/benchmark.{md,json}
 	$(PY) scripts/benchmark.py $(RUNS)
+
+levers:  ## each speed lever on and off (docs/performance.md) -> docs/levers.{md,json}, docs/levers_train.{md,json}
+	$(PY) scripts/levers.py
+	$(PY) scripts/benchmark.py --out docs/levers_train --train $(LEVER_SETTINGS)
 
 tensorboard:  ## serve every run under runs/
 	$(VENV)/bin/tensorboard --logdir runs --bind_all

@@ -7,7 +7,8 @@ bucketing) are measured on whole training steps by scripts/benchmark.py; the one
 into the models are measured here on the reference sizes (batch of 4,096 padded tokens,
 d_model / hidden 256-512, Multi30k sentence lengths), forward + backward, median ms:
 
-- scaled_dot_product_attention versus the same attention written as matmul-softmax-matmul;
+- scaled_dot_product_attention versus the same attention written as matmul-softmax-matmul,
+  without and with dropout on the attention weights;
 - additive-attention keys projected once per sentence versus at every decoder step;
 - packed versus padded sequences in the bidirectional GRU encoder, on length-bucketed
   batches and on random batches.
@@ -46,9 +47,9 @@ def explicit_attention(q, k, v, mask, dropout: float):
     return weights @ v
 
 
-def sdpa_lever(repeats: int, precision: str) -> dict:
+def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
     """Encoder self-attention of the reference Transformer: 128 sentences × 32 tokens, d 256, 4 heads."""
-    attn = MultiHeadAttention(256, 4, dropout=0.1).train()
+    attn = MultiHeadAttention(256, 4, dropout=dropout).train()
     x = torch.randn(128, 32, 256, requires_grad=True)
     mask = torch.ones(128, 1, 1, 32, dtype=torch.bool)
     mask[::3, ..., 26:] = False  # some padding
@@ -62,7 +63,7 @@ def sdpa_lever(repeats: int, precision: str) -> dict:
     def written_out():
         with autocast():
             q, (k, v) = attn._split(attn.q_proj(x)), attn.project_kv(x)
-            out = explicit_attention(q, k, v, mask, 0.1).transpose(1, 2).reshape(128, 32, 256)
+            out = explicit_attention(q, k, v, mask, dropout).transpose(1, 2).reshape(128, 32, 256)
             out = attn.out_proj(out)
         out.float().sum().backward()
 
@@ -125,8 +126,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = {
-        "scaled_dot_product_attention (fp32)": sdpa_lever(args.repeats, "fp32"),
-        "scaled_dot_product_attention (bf16 autocast)": sdpa_lever(args.repeats, "bf16"),
+        "scaled_dot_product_attention, no attention dropout (fp32)": sdpa_lever(args.repeats, "fp32", 0.0),
+        "scaled_dot_product_attention, no attention dropout (bf16 autocast)": sdpa_lever(args.repeats, "bf16", 0.0),
+        "scaled_dot_product_attention, attention dropout 0.1 (fp32)": sdpa_lever(args.repeats, "fp32", 0.1),
+        "scaled_dot_product_attention, attention dropout 0.1 (bf16 autocast)": sdpa_lever(args.repeats, "bf16", 0.1),
         "additive keys projected once per sentence": keys_once_lever(args.repeats),
         "packed GRU encoder, length-bucketed batch": packing_lever(args.repeats, batch_lengths(bucketed=True)),
         "packed GRU encoder, random batch": packing_lever(args.repeats, batch_lengths(bucketed=False)),

@@ -82,6 +82,8 @@ class ModelConfig:
     d_model: int = 256
     heads: int = 4
     ff_dim: int = 1024
+    # dropout on the attention weights; SDPA's fused CPU kernel has none, so > 0 takes a path ~2x slower (docs/performance.md)
+    attention_dropout: float = 0.0
     pre_norm: bool = True  # pre-LN (stable without long warm-up) or post-LN (Vaswani et al. 2017)
 
 

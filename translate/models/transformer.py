@@ -91,9 +91,9 @@ class Residual(nn.Module):
 class EncoderLayer(nn.Module):
     """Section 3.1: self-attention, then a position-wise feed-forward network."""
 
-    def __init__(self, d_model, heads, ff_dim, dropout, pre_norm):
+    def __init__(self, d_model, heads, ff_dim, dropout, pre_norm, attention_dropout):
         super().__init__()
-        self.self_attn, self.ff = MultiHeadAttention(d_model, heads, dropout), FeedForward(d_model, ff_dim, dropout)
+        self.self_attn, self.ff = MultiHeadAttention(d_model, heads, attention_dropout), FeedForward(d_model, ff_dim, dropout)
         self.res1, self.res2 = Residual(d_model, dropout, pre_norm), Residual(d_model, dropout, pre_norm)
 
     def forward(self, x, mask):  # x (B, S, D), mask (B, 1, 1, S)
@@ -108,10 +108,10 @@ class DecoderLayer(nn.Module):
     earlier positions) it decodes incrementally and returns the extended cache.
     """
 
-    def __init__(self, d_model, heads, ff_dim, dropout, pre_norm):
+    def __init__(self, d_model, heads, ff_dim, dropout, pre_norm, attention_dropout):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, heads, dropout)
-        self.cross_attn = MultiHeadAttention(d_model, heads, dropout)
+        self.self_attn = MultiHeadAttention(d_model, heads, attention_dropout)
+        self.cross_attn = MultiHeadAttention(d_model, heads, attention_dropout)
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.res1, self.res2, self.res3 = (Residual(d_model, dropout, pre_norm) for _ in range(3))
 
@@ -142,7 +142,7 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__()
-        d, args = cfg.d_model, (cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.pre_norm)
+        d, args = cfg.d_model, (cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.pre_norm, cfg.attention_dropout)
         self.d_model = d
         self.embedding = nn.Embedding(vocab_size, d, padding_idx=pad_id)
         self.tgt_embedding = self.embedding if cfg.tie_embeddings else nn.Embedding(vocab_size, d, padding_idx=pad_id)
