@@ -75,6 +75,7 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
         assert sum(b["sentences"] for b in r["eval"]["bleu_by_length"]) == 40
     text = (report / "report.md").read_text()
     assert "| rnn_attention | rnn_attention |" in text and "long-sentence probe" in text and "drop shortest→longest" in text
+    assert "BLEU above `rnn`" in text
     assert Image.open(report / "bleu_vs_length.png").size[0] > 500
     acc = EventAccumulator(str(sweep / "rnn" / "tensorboard"))
     acc.Reload()
@@ -102,3 +103,19 @@ def test_bleu_drop_ignores_tiny_buckets():
     ]
     assert bleu_drop(buckets) == 10.0
     assert bleu_drop(buckets[:1]) is None
+
+
+def test_gap_to_the_plain_rnn_per_length():
+    from translate.report import gap_lines, gap_to_baseline
+
+    def row(name, test, probe):
+        sizes = [400, 300, 50, 5]
+        bucket = lambda bleus: [{"bleu": b, "sentences": n} for b, n in zip(bleus, sizes)]  # noqa: E731
+        return {"name": name, "model": name, "eval": {"bleu_by_length": bucket(test), "probe": {"bleu_by_length": bucket(probe)}}}
+
+    rnn = row("rnn", [20, 15, 10, 1], [20, 10, 4, 0])
+    attention = row("rnn_attention", [30, 28, 26, 90], [30, 25, 20, 90])
+    assert gap_to_baseline(attention["eval"]["bleu_by_length"], rnn["eval"]["bleu_by_length"]) == (10, 16)  # 5-sentence bucket ignored
+    lines = gap_lines([rnn, attention])
+    assert lines[-2] == "| rnn_attention | +10.00 | +16.00 | +10.00 | +16.00 | yes |"
+    assert gap_lines([attention]) == []

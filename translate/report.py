@@ -33,6 +33,38 @@ def bleu_drop(buckets: list[dict]) -> float | None:
     return round(scored[0]["bleu"] - scored[-1]["bleu"], 2) if len(scored) > 1 else None
 
 
+def gap_to_baseline(buckets: list[dict], baseline: list[dict]) -> tuple[float, float] | None:
+    """BLEU above the baseline in the shortest and in the longest bucket both score (MIN_BUCKET+ sentences)."""
+    scored = lambda b, a: b["sentences"] >= MIN_BUCKET and None not in (b["bleu"], a["bleu"])  # noqa: E731
+    both = [(b["bleu"], a["bleu"]) for b, a in zip(buckets, baseline) if scored(b, a)]
+    return (round(both[0][0] - both[0][1], 2), round(both[-1][0] - both[-1][1], 2)) if len(both) > 1 else None
+
+
+def _length_buckets(row: dict, key: str | None) -> list[dict]:
+    return row["eval"]["bleu_by_length"] if key is None else (row["eval"].get(key) or {}).get("bleu_by_length", [])
+
+
+def gap_lines(rows: list[dict]) -> list[str]:
+    """Does attention's lead over the fixed-vector `rnn` grow with length?  One row per other run."""
+    baseline = next((r for r in rows if r["model"] == "rnn"), None)
+    if baseline is None or len(rows) < 2:
+        return []
+    lines = [
+        f"## BLEU above `{baseline['name']}`: shortest vs longest bucket (buckets of {MIN_BUCKET}+ sentences)",
+        "",
+        "| run | test set: shortest | longest | probe: shortest | longest | lead grows on the probe |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if r is baseline:
+            continue
+        test, probe = (gap_to_baseline(_length_buckets(r, k), _length_buckets(baseline, k)) for k in (None, "probe"))
+        cells = [f"{g[0]:+.2f} | {g[1]:+.2f}" if g else "– | –" for g in (test, probe)]
+        grows = "–" if probe is None else ("yes" if probe[1] > probe[0] else "no")
+        lines.append(f"| {r['name']} | {cells[0]} | {cells[1]} | {grows} |")
+    return lines + [""]
+
+
 def _bucket_label(b: dict) -> str:
     return f"{b['min_words']}+" if b["max_words"] >= 999 else f"{b['min_words']}-{b['max_words']}"
 
@@ -74,7 +106,7 @@ def markdown(rows: list[dict]) -> str:
             drop = bleu_drop(bs)
             lines.append(f"| {r['name']} | {cells} | {'–' if drop is None else f'{drop:.2f}'} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + gap_lines(rows))
 
 
 def plot(rows: list[dict], path: Path):
