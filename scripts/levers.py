@@ -10,6 +10,8 @@ d_model / hidden 256-512, Multi30k sentence lengths), forward + backward, median
 - scaled_dot_product_attention versus the same attention written as matmul-softmax-matmul,
   without and with dropout on the attention weights;
 - additive-attention keys projected once per sentence versus at every decoder step;
+- the attention RNN's readout and output layer applied once over all target positions
+  versus at every decoder step (teacher forcing);
 - packed versus padded sequences in the bidirectional GRU encoder, on length-bucketed
   batches and on random batches.
 """
@@ -87,6 +89,25 @@ def keys_once_lever(repeats: int) -> dict:
     return {"on_ms": median_ms(lambda: run(False), repeats), "off_ms": median_ms(lambda: run(True), repeats)}
 
 
+def batched_readout_lever(repeats: int) -> dict:
+    """The reference attention RNN on 128 sentences × 30 source / 32 target tokens, vocabulary 8,000."""
+    from translate.config import ModelConfig
+    from translate.models import build_model
+
+    model = build_model(ModelConfig(name="rnn_attention", emb_dim=256, hidden_dim=512, attention_dim=512, dropout=0.2), 8000).train()
+    src, tgt = torch.randint(4, 8000, (128, 30)), torch.randint(4, 8000, (128, 32))
+    mask = torch.ones_like(src, dtype=torch.bool)
+
+    def per_step():
+        state, logits = model.encode(src, mask), []
+        for t in range(tgt.shape[1]):
+            step_logits, state = model.decode_step(state, tgt[:, t])
+            logits.append(step_logits)
+        torch.stack(logits, dim=1).sum().backward()
+
+    return {"on_ms": median_ms(lambda: model(src, mask, tgt).sum().backward(), repeats), "off_ms": median_ms(per_step, repeats)}
+
+
 def packing_lever(repeats: int, lengths: list[int]) -> dict:
     """Bidirectional GRU 256 -> 2×512 over one 4,096-token batch of the given lengths, packed or padded."""
     rnn = nn.GRU(256, 512, batch_first=True, bidirectional=True)
@@ -131,6 +152,7 @@ def main() -> None:
         "scaled_dot_product_attention, attention dropout 0.1 (fp32)": sdpa_lever(args.repeats, "fp32", 0.1),
         "scaled_dot_product_attention, attention dropout 0.1 (bf16 autocast)": sdpa_lever(args.repeats, "bf16", 0.1),
         "additive keys projected once per sentence": keys_once_lever(args.repeats),
+        "attention RNN readout batched over target positions": batched_readout_lever(args.repeats),
         "packed GRU encoder, length-bucketed batch": packing_lever(args.repeats, batch_lengths(bucketed=True)),
         "packed GRU encoder, random batch": packing_lever(args.repeats, batch_lengths(bucketed=False)),
     }

@@ -177,25 +177,33 @@ class AttentionRNN(RNNSeq2Seq):
             state["cell"] = torch.zeros_like(s0)
         return state
 
-    def decode_step(self, state, prev, need_attention: bool = False):
-        embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
+    def _step(self, state, embedded):
+        """Attention and the recurrence for one target position, without the readout: context, weights, new state."""
         context, weights = self.attention(state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"])
-        logits = self.readout(state["hidden"], embedded, context)
         rnn_in = torch.cat([embedded, context], dim=-1)
         if self.cell == "lstm":
             h, c = self.decoder(rnn_in, (state["hidden"], state["cell"]))
             new = {"hidden": h, "cell": c}
         else:
             new = {"hidden": self.decoder(rnn_in, state["hidden"])}
-        return logits, {**state, **new, "attention": weights, "position": state["position"] + 1}
+        return context, weights, {**state, **new, "attention": weights, "position": state["position"] + 1}
+
+    def decode_step(self, state, prev, need_attention: bool = False):
+        embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
+        context, _, new_state = self._step(state, embedded)
+        return self.readout(state["hidden"], embedded, context), new_state
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
-        state, logits, weights = self.encode(src, src_mask), [], []
+        """Teacher forcing: the recurrence runs step by step, the readout and output layer once over all steps."""
+        state = self.encode(src, src_mask)
+        embedded = self.dropout(self.tgt_embedding(tgt_in))  # (B, T, E)
+        hidden, contexts, weights = [], [], []
         for t in range(tgt_in.shape[1]):
-            step_logits, state = self.decode_step(state, tgt_in[:, t])
-            logits.append(step_logits)
-            weights.append(state["attention"])
-        logits = torch.stack(logits, dim=1)  # (B, T, V)
+            hidden.append(state["hidden"])  # s_{t-1}
+            context, step_weights, state = self._step(state, embedded[:, t])
+            contexts.append(context)
+            weights.append(step_weights)
+        logits = self.readout(torch.stack(hidden, dim=1), embedded, torch.stack(contexts, dim=1))  # (B, T, V)
         return (logits, torch.stack(weights, dim=1)) if return_attention else logits
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
