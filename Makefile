@@ -7,11 +7,10 @@ TORCH  ?= torch==2.13.0
 HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 OUT ?= runs/report
-LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.adam_impl=for_loop" \
-	"model=transformer_ref trainer.adam_impl=foreach" "model=transformer_ref trainer.threads=1" \
-	"model=transformer_ref batching=random" "model=transformer_ref model.attention_dropout=0.1" \
-	"model=transformer_ref trainer.compile=true" \
-	"model=rnn_attention_ref" "model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop"
+LEVER_SETTINGS = "model=transformer_ref trainer.adam_impl=for_loop" "model=transformer_ref trainer.adam_impl=foreach" \
+	"model=transformer_ref trainer.threads=1" "model=transformer_ref batching=random" \
+	"model=transformer_ref model.attention_dropout=0.1" \
+	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop"
 
 .PHONY: install train eval translate average compare report bench levers tensorboard test lint clean
 
