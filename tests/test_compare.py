@@ -119,3 +119,16 @@ def test_gap_to_the_plain_rnn_per_length():
     lines = gap_lines([rnn, attention])
     assert lines[-2] == "| rnn_attention | +10.00 | +16.00 | +10.00 | +16.00 | yes |"
     assert gap_lines([attention]) == []
+
+
+def test_reversal_pairs_are_never_joined(tmp_path, caplog):
+    from conftest import compose_train
+
+    from translate.trainer import Trainer
+
+    overrides = [o for o in TINY if o.startswith(("data", "model.", "trainer"))]
+    cfg = compose_train([*overrides, "trainer.concat_prob=1.0", f"data.tokenizer.cache_dir={tmp_path / 'tok'}"])
+    cfg.resume = None
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert all(len(example) == 1 for batch in trainer.epoch_batches() for example in batch)
+    assert "trainer.concat_prob ignored" in caplog.text

@@ -57,6 +57,7 @@ class DataConfig:
     valid_limit: int | None = None
     test_limit: int | None = None
     max_tokens: int = 128  # training pairs with more subword tokens on either side are dropped (and counted)
+    joinable: bool = True  # whether two pairs joined are a valid pair (trainer.concat_prob); not for reversal
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

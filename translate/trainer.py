@@ -108,6 +108,8 @@ class Trainer:
         self.valid = corpus["valid"]
         self.valid_src, self.valid_tgt = encode_split(self.tokenizer, self.valid)
 
+        if self.tc.concat_prob > 0 and not cfg.data.joinable:
+            log.warning("data %s: joined pairs are not valid pairs (data.joinable=false); trainer.concat_prob ignored", cfg.data.name)
         self.model = build_model(cfg.model, len(self.tokenizer), PAD).to(self.device)
         self.num_parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, self.tc)
@@ -178,7 +180,8 @@ class Trainer:
     def epoch_batches(self) -> list[list[tuple[int, ...]]]:
         """This epoch's batches of examples (tuples of training-pair indices joined into one); fixed by seed and epoch."""
         tc = self.tc
-        plan = concatenation_plan(len(self.train_src), tc.concat_prob, tc.concat_max, tc.seed, self.epoch)
+        prob = tc.concat_prob if self.cfg.data.joinable else 0.0
+        plan = concatenation_plan(len(self.train_src), prob, tc.concat_max, tc.seed, self.epoch)
         lengths = [sum(self.train_lengths[i] for i in example) for example in plan]
         return [[plan[j] for j in batch] for batch in bucketed_batch_order(lengths, tc.batch_tokens, tc.seed, self.epoch)]
 
