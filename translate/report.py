@@ -87,7 +87,7 @@ def markdown(rows: list[dict]) -> str:
         )
     lines += ["", f"BLEU signature: `{first['bleu_signature']}`; chrF signature: `{first['chrf_signature']}`", ""]
     for title, key in (("test set", None), ("long-sentence probe", "probe")):
-        buckets = [(r["eval"][key] or {}).get("bleu_by_length") if key else r["eval"]["bleu_by_length"] for r in rows]
+        buckets = [_length_buckets(r, key) for r in rows]
         if not all(buckets):
             continue
         if key:
@@ -136,8 +136,8 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
         raise FileNotFoundError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:
-        r["drop_test"] = bleu_drop(r["eval"]["bleu_by_length"])
-        r["drop_probe"] = bleu_drop((r["eval"].get("probe") or {}).get("bleu_by_length", []))
+        r["drop_test"] = bleu_drop(_length_buckets(r, None))
+        r["drop_probe"] = bleu_drop(_length_buckets(r, "probe"))
     (out / "report.md").write_text(markdown(rows) + ("\n_Not finished: " + ", ".join(missing) + "_\n" if missing else ""))
     (out / "report.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     fig = plot(rows, out / "bleu_vs_length.png")

@@ -178,7 +178,7 @@ class AttentionRNN(RNNSeq2Seq):
         return state
 
     def _step(self, state, embedded):
-        """Attention and the recurrence for one target position, without the readout: context, weights, new state."""
+        """Attention and the recurrence for one target position, without the readout: context, new state (with its weights)."""
         context, weights = self.attention(state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"])
         rnn_in = torch.cat([embedded, context], dim=-1)
         if self.cell == "lstm":
@@ -186,11 +186,11 @@ class AttentionRNN(RNNSeq2Seq):
             new = {"hidden": h, "cell": c}
         else:
             new = {"hidden": self.decoder(rnn_in, state["hidden"])}
-        return context, weights, {**state, **new, "attention": weights, "position": state["position"] + 1}
+        return context, {**state, **new, "attention": weights, "position": state["position"] + 1}
 
     def decode_step(self, state, prev, need_attention: bool = False):
         embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
-        context, _, new_state = self._step(state, embedded)
+        context, new_state = self._step(state, embedded)
         return self.readout(state["hidden"], embedded, context), new_state
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
@@ -200,9 +200,9 @@ class AttentionRNN(RNNSeq2Seq):
         hidden, contexts, weights = [], [], []
         for t in range(tgt_in.shape[1]):
             hidden.append(state["hidden"])  # s_{t-1}
-            context, step_weights, state = self._step(state, embedded[:, t])
+            context, state = self._step(state, embedded[:, t])
             contexts.append(context)
-            weights.append(step_weights)
+            weights.append(state["attention"])
         logits = self.readout(torch.stack(hidden, dim=1), embedded, torch.stack(contexts, dim=1))  # (B, T, V)
         return (logits, torch.stack(weights, dim=1)) if return_attention else logits
 
