@@ -7,10 +7,16 @@ TORCH  ?= torch==2.13.0
 HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 OUT ?= runs/report
-LEVER_SETTINGS = "model=transformer_ref trainer.adam_impl=for_loop" "model=transformer_ref trainer.adam_impl=foreach" \
+# each lever off, after the three rows with every lever on, all in one run (ratios only within one run)
+LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.precision=bf16" "model=rnn_attention_ref" \
+	"model=transformer_ref trainer.adam_impl=for_loop" "model=transformer_ref trainer.adam_impl=foreach" \
 	"model=transformer_ref trainer.threads=1" "model=transformer_ref batching=random" \
 	"model=transformer_ref model.attention_dropout=0.1" \
-	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop"
+	"model=transformer_ref trainer.loss_chunk=0" "model=transformer_ref trainer.release_memory=false" \
+	"model=transformer_ref trainer.precision=bf16 trainer.loss_chunk=0" \
+	"model=transformer_ref trainer.precision=bf16 trainer.release_memory=false" \
+	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop" \
+	"model=rnn_attention_ref trainer.loss_chunk=0"
 
 .PHONY: install train eval translate average compare report bench levers tensorboard test lint clean
 

@@ -54,6 +54,18 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def cpu_name() -> str:
+    """The CPU's model name and its bf16 matmul units (AMX or AVX512-BF16), which decide what bf16 buys."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [unit for flag, unit in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return f"{name} ({', '.join(units) or 'no bf16 units'})"
+
+
 def compose_settings(setting: str, steps: int):
     from hydra import compose, initialize_config_dir
 
@@ -80,8 +92,8 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    flops, tokens, forward = 0, 0, trainer.forward
-    trainer.forward = trainer.model  # count the eager model, compiled or not
+    flops, tokens, features = 0, 0, trainer.features
+    trainer.features = trainer.model.features  # count the eager model, compiled or not
     for example in examples[:sample]:
         batch = trainer.collate([example])
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # MATH: SDPA as countable matmuls
@@ -89,7 +101,7 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
             loss.backward()
         flops, tokens = flops + counter.get_total_flops(), tokens + batch.num_tgt_tokens
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.forward = forward
+    trainer.features = features
     return flops / tokens
 
 
@@ -207,7 +219,7 @@ def main() -> None:
         return
     common = ["--train-steps", str(args.train_steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     peak = run_isolated(["peak", "-", *common])
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     machine["peak_gflops"] = {k: peak[k] for k in ("float32", "bfloat16")}
     train_rows, decode_rows = [], []
     for setting in DEFAULT_TRAIN if args.train is None else args.train:

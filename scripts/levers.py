@@ -18,7 +18,6 @@ d_model / hidden 256-512, Multi30k sentence lengths), forward + backward, median
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from translate.models.attention import AdditiveAttention
-from translate.models.transformer import MultiHeadAttention
+from translate.models.transformer import MultiHeadAttention, written_out_attention
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -42,13 +41,6 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def explicit_attention(q, k, v, mask, dropout: float):
-    """softmax(Q Kᵀ / √d) V written out, as before SDPA."""
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    weights = F.dropout(torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1), dropout)
-    return weights @ v
-
-
 def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
     """Encoder self-attention of the reference Transformer: 128 sentences × 32 tokens, d 256, 4 heads."""
     attn = MultiHeadAttention(256, 4, dropout=dropout).train()
@@ -57,18 +49,14 @@ def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
     mask[::3, ..., 26:] = False  # some padding
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
 
-    def fused():
-        with autocast():
-            out = attn.attend(x, *attn.project_kv(x), mask)[0]
-        out.float().sum().backward()
-
-    def written_out():
+    def run(attend):
         with autocast():
             q, (k, v) = attn._split(attn.q_proj(x)), attn.project_kv(x)
-            out = explicit_attention(q, k, v, mask, dropout).transpose(1, 2).reshape(128, 32, 256)
-            out = attn.out_proj(out)
+            out = attn.out_proj(attend(q, k, v, mask, dropout_p=dropout).transpose(1, 2).reshape(128, 32, 256))
         out.float().sum().backward()
 
+    fused = lambda: run(F.scaled_dot_product_attention)  # noqa: E731
+    written_out = lambda: run(written_out_attention)  # noqa: E731
     return {"on_ms": median_ms(fused, repeats), "off_ms": median_ms(written_out, repeats)}
 
 

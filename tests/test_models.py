@@ -127,3 +127,21 @@ def test_link_checkpoint_is_atomic_and_survives_the_source_being_replaced(tmp_pa
     link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_transformer_attention_written_out_for_bf16_equals_sdpa(causal):
+    """bf16 on CPU takes the written-out attention (faster there); fp32 takes SDPA. Both compute the same."""
+    import torch.nn.functional as F
+
+    from translate.models.transformer import attention, written_out_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 8) for _ in range(3))
+    mask = None if causal else torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], dtype=torch.bool)[:, None, None]
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    torch.testing.assert_close(written_out_attention(q, k, v, mask, causal), expected)
+    torch.testing.assert_close(attention(q, k, v, mask, causal), expected)
+    bf16 = attention(*(t.bfloat16() for t in (q, k, v)), mask, causal)
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), expected, atol=3e-2, rtol=3e-2)

@@ -5,6 +5,8 @@ epoch and position in its batch order, counters, best score, patience) is one
 trainer state, saved to `last.pt` as a whole, so a killed run resumes exactly.
 """
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import random
@@ -12,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -21,6 +22,7 @@ from translate.checkpoint import link_checkpoint, load_checkpoint, numbered_chec
 from translate.data.batching import bucketed_batch_order, collate, concatenation_plan
 from translate.data.corpus import PROJECT_ROOT, load_corpus
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer, train_or_load
+from translate.loss import linear_cross_entropy, smoothed_cross_entropy
 from translate.metrics import corpus_scores
 from translate.models import build_model, count_parameters
 from translate.plots import attention_figure
@@ -55,6 +57,15 @@ def learning_rate_factor(schedule: str, warmup: int):
     return factor
 
 
+def heap_trimmer():
+    """glibc's malloc_trim, or a no-op where there is none.  Batch shapes change every step, so glibc's heap
+    fragments and keeps freed pages; giving them back after each step cuts peak RSS by a quarter at no
+    measurable cost (docs/performance.md)."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return (lambda: trim(0)) if trim else (lambda: None)
+
+
 def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
     if tc.optimizer != "adam":
         raise ValueError(f"unknown trainer.optimizer={tc.optimizer!r}; choose adam")
@@ -62,19 +73,6 @@ def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
         raise ValueError(f"unknown trainer.adam_impl={tc.adam_impl!r}; choose fused, foreach or for_loop")
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}[tc.adam_impl]
     return torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **impl)
-
-
-def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
-    """Label-smoothed cross-entropy and plain NLL, both summed over non-ignored targets, from one log-softmax.
-
-    logits (N, V), target (N,).  Same value as F.cross_entropy(..., label_smoothing=ε): (1-ε)·nll + ε·mean_v(-log p_v).
-    """
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    keep = target != ignore_index
-    nll = -log_probs.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
-    uniform = -log_probs.mean(dim=-1)
-    nll, uniform = nll.masked_fill(~keep, 0.0).sum(), uniform.masked_fill(~keep, 0.0).sum()
-    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
 def encode_split(tokenizer: Tokenizer, pairs, max_tokens: int | None = None):
@@ -113,7 +111,8 @@ class Trainer:
         self.model = build_model(cfg.model, len(self.tokenizer), PAD).to(self.device)
         self.num_parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, self.tc)
-        self.forward = torch.compile(self.model, dynamic=True) if self.tc.compile else self.model
+        self.features = torch.compile(self.model.features, dynamic=True) if self.tc.compile else self.model.features
+        self.trim_heap = heap_trimmer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, learning_rate_factor(self.tc.schedule, self.tc.warmup_steps))
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -172,10 +171,14 @@ class Trainer:
 
     def loss(self, batch):
         """Label-smoothed cross-entropy summed over target tokens: returns (loss, nll), both sums."""
-        model = self.forward if self.model.training else self.model
+        features = self.features if self.model.training else self.model.features
+        target, smoothing = batch.tgt_out.flatten(), self.tc.label_smoothing
         with self.autocast():
-            logits = model(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)
-        return smoothed_cross_entropy(logits, batch.tgt_out.flatten(), self.tc.label_smoothing, PAD)
+            features = features(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)  # (N, D)
+            if self.tc.loss_chunk:
+                return linear_cross_entropy(features, self.model.generator.weight, target, smoothing, PAD, self.tc.loss_chunk)
+            logits = self.model.generator(features)
+        return smoothed_cross_entropy(logits, target, smoothing, PAD)
 
     def epoch_batches(self) -> list[list[tuple[int, ...]]]:
         """This epoch's batches of examples (tuples of training-pair indices joined into one); fixed by seed and epoch."""
@@ -207,6 +210,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.tc.release_memory and self.device.type == "cpu":
+            self.trim_heap()
         return nll, grad_norm
 
     def fit(self) -> dict:

@@ -87,8 +87,12 @@ class RNNSeq2Seq(nn.Module):
             self.generator.weight = self.embedding.weight
 
     def readout(self, state, embedded, context):
-        """logits = W_o maxout([s; E y; c]):  (…, H), (…, E), (…, C) -> (…, V)."""
-        return self.generator(self.dropout(self.readout_layer(torch.cat([state, embedded, context], dim=-1))))
+        """maxout([s; E y; c]):  (…, H), (…, E), (…, C) -> (…, E), the features the output layer W_o turns into logits."""
+        return self.dropout(self.readout_layer(torch.cat([state, embedded, context], dim=-1)))
+
+    def forward(self, src, src_mask, tgt_in):
+        """Teacher forcing: logits (B, T, V) = W_o · features."""
+        return self.generator(self.features(src, src_mask, tgt_in))
 
     def _hidden_in(self, state):  # batch-first state dict -> what nn.GRU/nn.LSTM take
         h = state["hidden"].transpose(0, 1).contiguous()
@@ -131,17 +135,17 @@ class RNNEncoderDecoder(RNNSeq2Seq):
             state["cell"] = torch.zeros_like(s0)
         return state
 
-    def _decode(self, state, tgt):  # tgt (B, T) -> logits (B, T, V), new state
+    def _decode(self, state, tgt):  # tgt (B, T) -> features (B, T, E), new state
         embedded = self.dropout(self.tgt_embedding(tgt))
         context = state["context"].unsqueeze(1).expand(-1, tgt.shape[1], -1)
         outputs, hidden = self.decoder(torch.cat([embedded, context], dim=-1), self._hidden_in(state))
         return self.readout(outputs, embedded, context), {**state, **self._hidden_out(hidden)}
 
     def decode_step(self, state, prev, need_attention: bool = False):
-        logits, state = self._decode(state, prev.unsqueeze(1))
-        return logits.squeeze(1), state
+        features, state = self._decode(state, prev.unsqueeze(1))
+        return self.generator(features.squeeze(1)), state
 
-    def forward(self, src, src_mask, tgt_in):
+    def features(self, src, src_mask, tgt_in):  # -> (B, T, E)
         return self._decode(self.encode(src, src_mask), tgt_in)[0]
 
 
@@ -191,10 +195,10 @@ class AttentionRNN(RNNSeq2Seq):
     def decode_step(self, state, prev, need_attention: bool = False):
         embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
         context, new_state = self._step(state, embedded)
-        return self.readout(state["hidden"], embedded, context), new_state
+        return self.generator(self.readout(state["hidden"], embedded, context)), new_state
 
-    def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
-        """Teacher forcing: the recurrence runs step by step, the readout and output layer once over all steps."""
+    def features(self, src, src_mask, tgt_in, return_attention: bool = False):
+        """Teacher forcing: the recurrence runs step by step, the readout once over all steps -> (B, T, E) [, α (B, T, S)]."""
         state = self.encode(src, src_mask)
         embedded = self.dropout(self.tgt_embedding(tgt_in))  # (B, T, E)
         hidden, contexts, weights = [], [], []
@@ -203,9 +207,14 @@ class AttentionRNN(RNNSeq2Seq):
             context, state = self._step(state, embedded[:, t])
             contexts.append(context)
             weights.append(state["attention"])
-        logits = self.readout(torch.stack(hidden, dim=1), embedded, torch.stack(contexts, dim=1))  # (B, T, V)
-        return (logits, torch.stack(weights, dim=1)) if return_attention else logits
+        features = self.readout(torch.stack(hidden, dim=1), embedded, torch.stack(contexts, dim=1))  # (B, T, E)
+        return (features, torch.stack(weights, dim=1)) if return_attention else features
+
+    def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
+        """Teacher forcing: logits (B, T, V) [, α (B, T, S)]."""
+        features, weights = self.features(src, src_mask, tgt_in, return_attention=True)
+        return (self.generator(features), weights) if return_attention else self.generator(features)
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
         """The alignment α for a teacher-forced target: {"alignment": (B, T, S)}."""
-        return {"alignment": self(src, src_mask, tgt_in, return_attention=True)[1]}
+        return {"alignment": self.features(src, src_mask, tgt_in, return_attention=True)[1]}

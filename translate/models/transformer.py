@@ -1,12 +1,13 @@
 """The encoder-decoder Transformer (Vaswani et al. 2017), one class per part of the paper.
 
-Attention runs through `torch.nn.functional.scaled_dot_product_attention`.
+Attention runs through `torch.nn.functional.scaled_dot_product_attention` (written out in bf16 on CPU).
 Incremental decoding keeps a key/value cache in the decoding *state* (a dict of
 tensors, batch in dim 0), never on the modules, so search can reorder it freely:
 
     state = model.encode(src, src_mask)                 # + cross-attention keys/values, once
     logits, state = model.decode_step(state, prev)      # appends one position to the self-attention cache
     logits = model(src, src_mask, tgt_in)               # teacher forcing, causal mask
+    features = model.features(src, src_mask, tgt_in)    # the same before the output layer `model.generator`
 """
 
 import math
@@ -33,6 +34,27 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[start : start + x.shape[1]]
 
 
+def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
+    """softmax(Q Kᵀ / √d_k) V as matmul, softmax, matmul; arguments as in scaled_dot_product_attention."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if is_causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return F.dropout(torch.softmax(scores, dim=-1), dropout_p) @ v
+
+
+def attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
+    """Section 3.2.1, Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V:  q (B, h, T, d_k), k, v (B, h, S, d_k) -> (B, h, T, d_k).
+
+    `scaled_dot_product_attention`, except in bf16 on a CPU, where its fused kernel is 2.3× slower than
+    the written-out form (docs/performance.md).
+    """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        return written_out_attention(q, k, v, mask, is_causal, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
 class MultiHeadAttention(nn.Module):
     """Section 3.2.2:  MultiHead(Q, K, V) = Concat(head_1..head_h) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V),
     Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
@@ -56,7 +78,7 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, x, k, v, mask=None, is_causal: bool = False, need_weights: bool = False):
         q = self._split(self.q_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
+        out = attention(q, k, v, mask, is_causal, dropout_p=self.dropout if self.training else 0.0)
         weights = None
         if need_weights:  # SDPA does not return the weights; recompute them for inspection only
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_k)
@@ -183,7 +205,7 @@ class Transformer(nn.Module):
         }
 
     def _decode(self, state, tgt, incremental: bool, need_weights: bool = False):
-        """-> logits (B, T, V), state with the extended cache, cross-attention per layer [(B, h, T, S)] or None."""
+        """-> features (B, T, D) before the output layer, state with the extended cache, cross-attention [(B, h, T, S)] or None."""
         start = state["self_k"][0].shape[2] if incremental else 0
         x, mask = self._embed(self.tgt_embedding, tgt, start), state["src_mask"][:, None, None, :]
         self_k, self_v, weights = [], [], []
@@ -194,17 +216,20 @@ class Transformer(nn.Module):
             weights.append(layer_weights)
             self_k.append(k)
             self_v.append(v)
-        logits = self.generator(self.decoder_norm(x))
-        return logits, {**state, "self_k": self_k, "self_v": self_v}, weights if need_weights else None
+        return self.decoder_norm(x), {**state, "self_k": self_k, "self_v": self_v}, weights if need_weights else None
 
     def decode_step(self, state, prev, need_attention: bool = False):
-        logits, state, weights = self._decode(state, prev.unsqueeze(1), incremental=True, need_weights=need_attention)
+        features, state, weights = self._decode(state, prev.unsqueeze(1), incremental=True, need_weights=need_attention)
         if need_attention:  # last layer's cross-attention, mean over heads: (B, S)
             state["attention"] = weights[-1].mean(dim=1)[:, -1]
-        return logits.squeeze(1), state
+        return self.generator(features.squeeze(1)), state
+
+    def features(self, src, src_mask, tgt_in):  # -> (B, T, D)
+        return self._decode(self.encode(src, src_mask), tgt_in, incremental=False)[0]
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
-        logits, _, weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention)
+        features, _, weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention)
+        logits = self.generator(features)
         return (logits, weights[-1].mean(dim=1)) if return_attention else logits
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:

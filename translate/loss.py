@@ -1,0 +1,74 @@
+"""The training loss: label-smoothed cross-entropy over the output layer's logits.
+
+    smoothed_cross_entropy(logits, target, ε, pad)               from logits (N, V) already computed
+    linear_cross_entropy(features, weight, target, ε, pad, chunk) the output layer and the loss fused,
+                                                                   `chunk` targets at a time
+
+Both return (loss, nll) summed over non-padding targets, loss = (1-ε)·nll + ε·mean_v(-log p_v), the
+value of F.cross_entropy(..., label_smoothing=ε, reduction="sum").  The fused form never holds the
+(N, V) logits whole — with an 8k vocabulary and 4k targets per batch those are 130 MB per copy in
+fp32, and autograd keeps several — so a training step needs hundreds of MB less memory
+(docs/performance.md).
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
+    """logits (N, V), target (N,) -> (loss, nll) summed over targets != ignore_index, from one log-softmax."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    keep = target != ignore_index
+    nll = -log_probs.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
+    uniform = -log_probs.mean(dim=-1)
+    nll, uniform = nll.masked_fill(~keep, 0.0).sum(), uniform.masked_fill(~keep, 0.0).sum()
+    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """loss = Σ_i [(1-ε)·(-log p_i[y_i]) + ε·mean_v(-log p_i[v])],  p_i = softmax(W h_i), over non-ignored i.
+
+    The forward pass walks the targets `chunk` at a time and computes the gradients there too:
+    ∂loss/∂z_i = p_i - (1-ε)·onehot(y_i) - ε/V for the logits z_i = W h_i, so ∂/∂h_i = (∂/∂z_i) W and
+    ∂/∂W = Σ_i (∂/∂z_i)ᵀ h_i.  Backward only scales them.  Matmuls follow autocast; softmax is fp32.
+    features (N, D), weight (V, D), target (N,) -> loss, nll (0-dim, fp32).
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, target, smoothing: float, ignore_index: int, chunk: int):
+        want_grad = any(ctx.needs_input_grad[:2])
+        loss = features.new_zeros((), dtype=torch.float32)
+        nll_sum = features.new_zeros((), dtype=torch.float32)
+        grad_features = torch.empty_like(features) if want_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
+        for start in range(0, features.shape[0], chunk):
+            h, y = features[start : start + chunk], target[start : start + chunk]
+            keep = (y != ignore_index).unsqueeze(1)
+            log_probs = F.log_softmax((h @ weight.t()).float(), dim=-1)  # (n, V)
+            nll = -log_probs.gather(1, y.clamp(min=0).unsqueeze(1))
+            uniform = -log_probs.mean(dim=-1, keepdim=True)
+            nll_sum += nll.masked_fill(~keep, 0.0).sum()
+            loss += ((1 - smoothing) * nll + smoothing * uniform).masked_fill(~keep, 0.0).sum()
+            if want_grad:
+                grad_logits = log_probs.exp_().sub_(smoothing / log_probs.shape[1])
+                grad_logits.scatter_add_(1, y.clamp(min=0).unsqueeze(1), torch.full_like(nll, smoothing - 1))
+                grad_logits.masked_fill_(~keep, 0.0)
+                grad_features[start : start + chunk] = grad_logits.to(h.dtype) @ weight.to(h.dtype)
+                grad_weight += (grad_logits.t().to(h.dtype) @ h).float()
+        ctx.save_for_backward(grad_features, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(nll_sum)
+        return loss, nll_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):
+        grad_features, grad_weight = ctx.saved_tensors
+        grad_features = None if grad_features is None else grad_features * grad_loss.to(grad_features.dtype)
+        grad_weight = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_features, grad_weight, None, None, None, None
+
+
+def linear_cross_entropy(features, weight, target, smoothing: float, ignore_index: int, chunk: int = 1024):
+    """features (N, D), weight (V, D), target (N,) -> (loss, nll): the output layer W h and smoothed_cross_entropy,
+    fused and `chunk` targets at a time, so the (N, V) logits never exist whole."""
+    return LinearCrossEntropy.apply(features, weight, target, smoothing, ignore_index, chunk)
