@@ -35,8 +35,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features, weight, target, smoothing: float, ignore_index: int, chunk: int):
-        want_grad = any(ctx.needs_input_grad[:2])
+    def forward(ctx, features, weight, target, smoothing: float, ignore_index: int, chunk: int, grad_enabled: bool):
+        want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # no gradients under torch.no_grad (validation)
         loss = features.new_zeros((), dtype=torch.float32)
         nll_sum = features.new_zeros((), dtype=torch.float32)
         grad_features = torch.empty_like(features) if want_grad else None
@@ -65,10 +65,10 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_features, grad_weight = ctx.saved_tensors
         grad_features = None if grad_features is None else grad_features * grad_loss.to(grad_features.dtype)
         grad_weight = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_features, grad_weight, None, None, None, None
+        return grad_features, grad_weight, None, None, None, None, None
 
 
 def linear_cross_entropy(features, weight, target, smoothing: float, ignore_index: int, chunk: int = 1024):
     """features (N, D), weight (V, D), target (N,) -> (loss, nll): the output layer W h and smoothed_cross_entropy,
     fused and `chunk` targets at a time, so the (N, V) logits never exist whole."""
-    return LinearCrossEntropy.apply(features, weight, target, smoothing, ignore_index, chunk)
+    return LinearCrossEntropy.apply(features, weight, target, smoothing, ignore_index, chunk, torch.is_grad_enabled())

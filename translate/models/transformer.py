@@ -47,7 +47,7 @@ def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p
 def attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
     """Section 3.2.1, Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V:  q (B, h, T, d_k), k, v (B, h, S, d_k) -> (B, h, T, d_k).
 
-    `scaled_dot_product_attention`, except in bf16 on a CPU, where its fused kernel is 2.3× slower than
+    `scaled_dot_product_attention`, except in bf16 on a CPU, where its fused kernel is 2–3× slower than
     the written-out form (docs/performance.md).
     """
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
