@@ -15,14 +15,19 @@ import torch
 import torch.nn.functional as F
 
 
-def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
-    """logits (N, V), target (N,) -> (loss, nll) summed over targets != ignore_index, from one log-softmax."""
-    log_probs = F.log_softmax(logits.float(), dim=-1)
+def smoothed_sums(log_probs: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
+    """log_probs (N, V), target (N,) -> (loss, nll) summed over targets != ignore_index."""
     keep = target != ignore_index
     nll = -log_probs.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
     uniform = -log_probs.mean(dim=-1)
     nll, uniform = nll.masked_fill(~keep, 0.0).sum(), uniform.masked_fill(~keep, 0.0).sum()
-    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
+    return (1 - smoothing) * nll + smoothing * uniform, nll
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ignore_index: int):
+    """logits (N, V), target (N,) -> (loss, nll) summed over targets != ignore_index, from one log-softmax."""
+    loss, nll = smoothed_sums(F.log_softmax(logits.float(), dim=-1), target, smoothing, ignore_index)
+    return loss, nll.detach()
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -43,16 +48,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
         for start in range(0, features.shape[0], chunk):
             h, y = features[start : start + chunk], target[start : start + chunk]
-            keep = (y != ignore_index).unsqueeze(1)
             log_probs = F.log_softmax((h @ weight.t()).float(), dim=-1)  # (n, V)
-            nll = -log_probs.gather(1, y.clamp(min=0).unsqueeze(1))
-            uniform = -log_probs.mean(dim=-1, keepdim=True)
-            nll_sum += nll.masked_fill(~keep, 0.0).sum()
-            loss += ((1 - smoothing) * nll + smoothing * uniform).masked_fill(~keep, 0.0).sum()
+            chunk_loss, chunk_nll = smoothed_sums(log_probs, y, smoothing, ignore_index)
+            loss, nll_sum = loss + chunk_loss, nll_sum + chunk_nll
             if want_grad:
                 grad_logits = log_probs.exp_().sub_(smoothing / log_probs.shape[1])
-                grad_logits.scatter_add_(1, y.clamp(min=0).unsqueeze(1), torch.full_like(nll, smoothing - 1))
-                grad_logits.masked_fill_(~keep, 0.0)
+                grad_logits.scatter_add_(1, y.clamp(min=0).unsqueeze(1), log_probs.new_full((len(y), 1), smoothing - 1))
+                grad_logits.masked_fill_((y == ignore_index).unsqueeze(1), 0.0)
                 grad_features[start : start + chunk] = grad_logits.to(h.dtype) @ weight.to(h.dtype)
                 grad_weight += (grad_logits.t().to(h.dtype) @ h).float()
         ctx.save_for_backward(grad_features, grad_weight)
