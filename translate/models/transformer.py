@@ -34,14 +34,19 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[start : start + x.shape[1]]
 
 
-def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
-    """softmax(Q Kᵀ / √d_k) V as matmul, softmax, matmul; arguments as in scaled_dot_product_attention."""
+def attention_weights(q, k, mask=None, is_causal: bool = False):
+    """softmax(Q Kᵀ / √d_k):  q (B, h, T, d_k), k (B, h, S, d_k) -> (B, h, T, S); mask True where allowed."""
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if is_causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return F.dropout(torch.softmax(scores, dim=-1), dropout_p) @ v
+    return torch.softmax(scores, dim=-1)
+
+
+def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
+    """softmax(Q Kᵀ / √d_k) V as matmul, softmax, matmul; arguments as in scaled_dot_product_attention."""
+    return F.dropout(attention_weights(q, k, mask, is_causal), dropout_p) @ v
 
 
 def attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
@@ -81,8 +86,7 @@ class MultiHeadAttention(nn.Module):
         out = attention(q, k, v, mask, is_causal, dropout_p=self.dropout if self.training else 0.0)
         weights = None
         if need_weights:  # SDPA does not return the weights; recompute them for inspection only
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_k)
-            weights = torch.softmax(scores.masked_fill(~mask, float("-inf")) if mask is not None else scores, dim=-1)
+            weights = attention_weights(q, k, mask)
         return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)), weights
 
 
