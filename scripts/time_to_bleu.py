@@ -1,16 +1,18 @@
 """Validation BLEU against wall-clock training minutes, read back from a run's TensorBoard events.
 
-    python scripts/time_to_bleu.py RUN_DIR [RUN_DIR...]
+    python scripts/time_to_bleu.py RUN_DIR [RUN_DIR...] [--png curve.png]
 
 Prints one markdown table per run: minutes of training (validation included), step and
 greedy validation BLEU at every validation, as the trainer logged them
-(`valid/bleu_by_train_second` and `valid/bleu`).
+(`valid/bleu_by_train_second` and `valid/bleu`); `--png` also draws the runs' curves.
 """
 
 import argparse
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from translate.plots import plt
 
 
 def time_to_bleu(run: Path) -> list[dict]:
@@ -23,13 +25,32 @@ def time_to_bleu(run: Path) -> list[dict]:
     return [{"minutes": s.step / 60, "step": b.step, "bleu": b.value} for b, s in zip(by_step, by_second)]
 
 
+def draw(curves: dict[str, list[dict]], path: Path) -> None:
+    """Validation BLEU (y) against training minutes (x), one line per run."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, rows in curves.items():
+        ax.plot([r["minutes"] for r in rows], [r["bleu"] for r in rows], marker=".", label=name)
+    ax.set(xlabel="training minutes (validation included)", ylabel="validation BLEU (greedy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    for run in parser.parse_args().runs:
+    parser.add_argument("--png", type=Path, help="also draw the curves into this PNG file")
+    args = parser.parse_args()
+    curves = {str(run): time_to_bleu(run) for run in args.runs}
+    for run, rows in curves.items():
         print(f"\n{run}\n\n| minutes | step | valid BLEU |\n|---:|---:|---:|")
-        for row in time_to_bleu(run):
+        for row in rows:
             print(f"| {row['minutes']:.2f} | {row['step']} | {row['bleu']:.2f} |")
+    if args.png:
+        draw(curves, args.png)
+        print(f"\nwrote {args.png}")
 
 
 if __name__ == "__main__":

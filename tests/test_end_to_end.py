@@ -58,12 +58,15 @@ def test_train_evaluate_and_read_events(model, multi30k_dir, small_cfg, tmp_path
     if images:
         assert len(acc.Images(sorted(images)[0])) == 2  # one per validation
 
-    table = subprocess.run([sys.executable, "scripts/time_to_bleu.py", str(run)], cwd=ROOT, capture_output=True, text=True)
+    curve = tmp_path / "curve.png"
+    command = [sys.executable, "scripts/time_to_bleu.py", str(run), "--png", str(curve)]
+    table = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     rows = [line.split("|")[1:4] for line in table.stdout.splitlines() if line.startswith("| ") and "minutes" not in line]
     assert [int(step) for _, step, _ in rows] == [3, 6]
     assert [float(bleu) for *_, bleu in rows] == [round(e.value, 2) for e in acc.Scalars("valid/bleu")]
     assert 0 <= float(rows[0][0]) <= float(rows[1][0])
+    assert curve.read_bytes().startswith(b"\x89PNG")
 
 
 def test_bf16_autocast_trains(multi30k_dir, small_cfg, tmp_path):
