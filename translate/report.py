@@ -9,12 +9,10 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+from hydra.experimental.callback import Callback
+from torch.utils.tensorboard import SummaryWriter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from translate.plots import plt
 
 
 def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
