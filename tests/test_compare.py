@@ -51,6 +51,9 @@ def test_probe_joins_consecutive_pairs():
     probe, ks = long_sentence_probe(pairs, k_max=3, per_k=2)
     assert probe.src == ["s0", "s1", "s0 s1", "s2 s3", "s0 s1 s2", "s3 s4 s5"]
     assert probe.tgt[3] == "t2 t3" and ks == [1, 1, 2, 2, 3, 3]
+    every, ks = long_sentence_probe(pairs, k_max=3)  # per_k=0: the whole set for every k
+    assert ks == [1] * 7 + [2] * 3 + [3] * 2
+    assert every.src[7:10] == ["s0 s1", "s2 s3", "s4 s5"] and every.src[-1] == "s3 s4 s5"
 
 
 def test_compare_multirun_writes_report_and_resumes(tmp_path):

@@ -139,7 +139,7 @@ class EvalConfig:
     max_len_offset: int = 10
     length_buckets: list[int] = field(default_factory=lambda: [0, 10, 15, 20, 1000])
     probe_k: int = 5  # long-sentence probe: join k = 1..probe_k consecutive pairs; 0 = no probe
-    probe_per_k: int = 200  # probe inputs per k
+    probe_per_k: int = 0  # probe inputs per k; 0 = the whole test set for every k
     probe_length_buckets: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40, 50, 60, 1000])
     device: str = "auto"
 
