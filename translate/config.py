@@ -181,7 +181,13 @@ def train_config(saved) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved) if isinstance(saved, (str, Path)) else saved)
 
 
+def overrides_suffix(override_dirname: str) -> str:
+    """`_<overrides>` for a directory name (`/` in values becomes `_`), or nothing when there are none."""
+    return f"_{override_dirname.replace('/', '_')}" if override_dirname else ""
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("overrides_suffix", overrides_suffix, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
