@@ -120,8 +120,36 @@ def test_gap_to_the_plain_rnn_per_length():
     attention = row("rnn_attention", [30, 28, 26, 90], [30, 25, 20, 90])
     assert gap_to_baseline(attention["eval"]["bleu_by_length"], rnn["eval"]["bleu_by_length"]) == (10, 16)  # 5-sentence bucket ignored
     lines = gap_lines([rnn, attention])
-    assert lines[-2] == "| rnn_attention | +10.00 | +16.00 | +10.00 | +16.00 | yes |"
+    assert "| rnn_attention | +10.00 | +16.00 | +10.00 | +16.00 | yes |" in lines  # no probe texts: no interval
     assert gap_lines([attention]) == []
+
+
+def test_lead_growth_has_a_paired_bootstrap_interval(tmp_path):
+    """Read back from probe files as evaluation writes them: a lead that grows clearly, and one that does not."""
+    from translate.evaluate import write_lines
+    from translate.report import probe_lead_growth
+
+    words = "a man in a blue shirt is riding a bike down the street while two dogs run".split()
+    src = [" ".join(words[: 3 + i % 5]) for i in range(30)] + [" ".join(words * 2)[: 40 + i] for i in range(30)]
+    ref = [f"ref {i} " + " ".join(words[i % 7 :]) for i in range(60)]
+    buckets = [{"min_words": 0, "max_words": 9, "sentences": 30, "bleu": 0.0}, {"min_words": 10, "max_words": 999, "sentences": 30, "bleu": 0.0}]
+
+    def run(name, hyps):
+        for suffix, lines in (("src", src), ("ref", ref), ("hyp", hyps)):
+            (tmp_path / name / "eval").mkdir(parents=True, exist_ok=True)
+            write_lines(tmp_path / name / "eval" / f"test_probe.{suffix}", lines)
+        return {"run": str(tmp_path / name), "name": name, "eval": {"name": "test", "probe": {"bleu_by_length": buckets}}}
+
+    half_right = [r if i % 2 else "x y z" for i, r in enumerate(ref)]
+    rnn = run("rnn", half_right[:30] + ["x y z"] * 30)  # half right on short inputs, nothing on long ones
+    attention = run("attention", ref)  # all right everywhere
+    grows = probe_lead_growth(attention, rnn)
+    low, high = grows["ci95"]
+    assert grows["growth"] > 40 and 0 < low <= grows["growth"] <= high
+    same = probe_lead_growth(run("same", half_right[:30] + ["x y z"] * 30), rnn)
+    assert same == {"baseline": "rnn", "growth": 0.0, "ci95": [0.0, 0.0]}
+    one_more = probe_lead_growth(run("one_more", half_right[:30] + ref[30:31] + ["x y z"] * 29), rnn)
+    assert one_more["ci95"][0] == 0.0 < one_more["growth"]  # one long sentence better: left out of 36 % of resamples
 
 
 def test_reversal_pairs_are_never_joined(tmp_path, caplog):

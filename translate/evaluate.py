@@ -2,8 +2,9 @@
 
 Decodes the test split (or any pair of plain-text files), detokenizes, and
 scores with sacreBLEU against the raw references: BLEU with its signature,
-chrF, and BLEU per source-length bucket.  Writes <run>/eval/<name>.json, the
-hypotheses as <run>/eval/<name>.hyp, and TensorBoard scalars into the run.
+chrF, and BLEU per source-length bucket, on the set and on its long-sentence probe.
+Writes <run>/eval/<name>.json, the hypotheses as <run>/eval/<name>.hyp, the probe as
+<name>_probe.{src,ref,hyp}, and TensorBoard scalars into the run.
 """
 
 import json
@@ -72,6 +73,10 @@ def evaluation_pairs(cfg, ec) -> tuple[str, Pairs]:
     return ec.name or ec.split, load_split(cfg.data, ec.split)
 
 
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
 def evaluate(run_dir: str | Path, ec) -> dict:
     run_dir = Path(run_dir)
     model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
@@ -111,7 +116,10 @@ def evaluate(run_dir: str | Path, ec) -> dict:
     }
     out = run_dir / "eval"
     out.mkdir(exist_ok=True)
-    (out / f"{name}.hyp").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    write_lines(out / f"{name}.hyp", hypotheses)
+    if probe:  # the probe itself, for reading and for the report's bootstrap intervals
+        for suffix, lines in (("src", probe_pairs.src), ("ref", probe_pairs.tgt), ("hyp", probe_hyps)):
+            write_lines(out / f"{name}_probe.{suffix}", lines)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         writer.add_scalar(f"eval/{name}/bleu", result["bleu"], ckpt["step"])

@@ -1,9 +1,11 @@
-"""Translation quality with sacreBLEU: corpus BLEU and chrF, and BLEU per source-length bucket.
+"""Translation quality with sacreBLEU: corpus BLEU and chrF, BLEU per source-length bucket,
+and a paired-bootstrap interval for how one system's lead over another changes with length.
 
 Inputs are detokenized hypotheses and raw references, so scores compare with
 published ones; every score is reported with its sacreBLEU signature.
 """
 
+import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
 
@@ -27,3 +29,32 @@ def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[s
         score = BLEU().corpus_score([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score if idx else None
         buckets.append({"min_words": lo, "max_words": hi - 1, "sentences": len(idx), "bleu": None if score is None else round(score, 2)})
     return buckets
+
+
+def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """[sentences, 2 + 2 * 4] BLEU sufficient statistics per sentence (lengths, n-gram matches and totals).
+
+    Corpus BLEU of any subset is BLEU of its summed rows; sacreBLEU's own paired bootstrap works the same way.
+    """
+    return np.asarray(BLEU()._extract_corpus_statistics(hypotheses, [references]), dtype=np.int64)
+
+
+def lead_growth_interval(
+    system: np.ndarray, baseline: np.ndarray, short: list[int], long: list[int], resamples: int = 1000, seed: int = 12345
+) -> tuple[float, float, float]:
+    """How much more `system` leads `baseline` (BLEU) on the `long` sentences than on the `short` ones.
+
+    system, baseline: [sentences, stats] from bleu_statistics on the same sentences; short, long: row indices.
+    Returns the growth and its 95 % paired-bootstrap interval: each resample draws sentences with
+    replacement within each bucket, the same draw for both systems.
+    """
+    bleu, rng = BLEU(), np.random.default_rng(seed)
+
+    def lead(rows: np.ndarray) -> np.ndarray:  # rows: [resamples, n] -> [resamples]
+        sums = zip(system[rows].sum(1), baseline[rows].sum(1))
+        return np.array([bleu._compute_score_from_stats(a).score - bleu._compute_score_from_stats(b).score for a, b in sums])
+
+    point = lead(np.array([long])) - lead(np.array([short]))
+    growth = lead(rng.choice(long, size=(resamples, len(long)))) - lead(rng.choice(short, size=(resamples, len(short))))
+    low, high = np.percentile(growth, [2.5, 97.5])
+    return round(float(point[0]), 2), round(float(low), 2), round(float(high), 2)

@@ -1,8 +1,8 @@
 """Compare finished runs: a markdown table, a JSON of the same figures and the BLEU-vs-length plot.
 
 `python -m translate.report RUN_DIR… [--out DIR]` reads each run's
-train_summary.json and eval/test.json (written by training and evaluation) and
-never loads weights.  Hydra multirun calls `ReportCallback` when a sweep ends.
+train_summary.json, eval/test.json and the probe's texts eval/test_probe.{src,ref,hyp}
+(written by training and evaluation) and never loads weights.  Hydra multirun calls `ReportCallback` when a sweep ends.
 """
 
 import argparse
@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from torch.utils.tensorboard import SummaryWriter
 
+from translate.metrics import bleu_statistics, lead_growth_interval
 from translate.plots import plt
 
 
@@ -31,15 +32,49 @@ def bleu_drop(buckets: list[dict]) -> float | None:
     return round(scored[0]["bleu"] - scored[-1]["bleu"], 2) if len(scored) > 1 else None
 
 
+def scored_ends(buckets: list[dict], baseline: list[dict]) -> tuple[int, int] | None:
+    """Indices of the shortest and the longest bucket that both runs score with MIN_BUCKET+ sentences."""
+    ok = [i for i, (b, a) in enumerate(zip(buckets, baseline)) if b["sentences"] >= MIN_BUCKET and None not in (b["bleu"], a["bleu"])]
+    return (ok[0], ok[-1]) if len(ok) > 1 else None
+
+
 def gap_to_baseline(buckets: list[dict], baseline: list[dict]) -> tuple[float, float] | None:
     """BLEU above the baseline in the shortest and in the longest bucket both score (MIN_BUCKET+ sentences)."""
-    scored = lambda b, a: b["sentences"] >= MIN_BUCKET and None not in (b["bleu"], a["bleu"])  # noqa: E731
-    both = [(b["bleu"], a["bleu"]) for b, a in zip(buckets, baseline) if scored(b, a)]
-    return (round(both[0][0] - both[0][1], 2), round(both[-1][0] - both[-1][1], 2)) if len(both) > 1 else None
+    ends = scored_ends(buckets, baseline)
+    return None if ends is None else tuple(round(buckets[i]["bleu"] - baseline[i]["bleu"], 2) for i in ends)
 
 
 def _length_buckets(row: dict, key: str | None) -> list[dict]:
     return row["eval"]["bleu_by_length"] if key is None else (row["eval"].get(key) or {}).get("bleu_by_length", [])
+
+
+def _probe_texts(row: dict) -> tuple[list[str], list[str], list[str]] | None:
+    """The probe's sources, references and this run's hypotheses, as evaluation wrote them."""
+    paths = [Path(row["run"]) / "eval" / f"{row['eval']['name']}_probe.{s}" for s in ("src", "ref", "hyp")]
+    return tuple(p.read_text(encoding="utf-8").splitlines() for p in paths) if all(p.exists() for p in paths) else None
+
+
+def probe_lead_growth(row: dict, baseline: dict) -> dict | None:
+    """How much more `row` leads `baseline` in the longest probe bucket than in the shortest, with a 95 % interval."""
+    buckets = _length_buckets(row, "probe")
+    ends = scored_ends(buckets, _length_buckets(baseline, "probe"))
+    texts, base_texts = _probe_texts(row), _probe_texts(baseline)
+    if ends is None or texts is None or base_texts is None or texts[:2] != base_texts[:2]:
+        return None
+    src, ref, hyp = texts
+    lengths = [len(s.split()) for s in src]
+    short, long = ([i for i, n in enumerate(lengths) if buckets[e]["min_words"] <= n <= buckets[e]["max_words"]] for e in ends)
+    growth, low, high = lead_growth_interval(bleu_statistics(hyp, ref), bleu_statistics(base_texts[2], ref), short, long)
+    return {"baseline": baseline["name"], "growth": growth, "ci95": [low, high]}
+
+
+def _grows(r: dict, probe_gap: tuple[float, float] | None) -> str:
+    growth = r.get("probe_lead_growth")
+    if growth:
+        low, high = growth["ci95"]
+        verdict = "yes" if low > 0 else "no" if high < 0 else "not significant"
+        return f"{verdict} ({growth['growth']:+.2f}, 95 % CI {low:+.2f} to {high:+.2f})"
+    return "–" if probe_gap is None else ("yes" if probe_gap[1] > probe_gap[0] else "no")
 
 
 def gap_lines(rows: list[dict]) -> list[str]:
@@ -58,9 +93,13 @@ def gap_lines(rows: list[dict]) -> list[str]:
             continue
         test, probe = (gap_to_baseline(_length_buckets(r, k), _length_buckets(baseline, k)) for k in (None, "probe"))
         cells = [f"{g[0]:+.2f} | {g[1]:+.2f}" if g else "– | –" for g in (test, probe)]
-        grows = "–" if probe is None else ("yes" if probe[1] > probe[0] else "no")
-        lines.append(f"| {r['name']} | {cells[0]} | {cells[1]} | {grows} |")
-    return lines + [""]
+        lines.append(f"| {r['name']} | {cells[0]} | {cells[1]} | {_grows(r, probe)} |")
+    return lines + [
+        "",
+        "The interval is a paired bootstrap (1,000 resamples of the sentences in each of the two buckets, "
+        'the same draw for both runs); "not significant" means it contains 0.',
+        "",
+    ]
 
 
 def _bucket_label(b: dict) -> str:
@@ -133,9 +172,12 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
     if not rows:
         raise FileNotFoundError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
     out.mkdir(parents=True, exist_ok=True)
+    baseline = next((r for r in rows if r["model"] == "rnn"), None)
     for r in rows:
         r["drop_test"] = bleu_drop(_length_buckets(r, None))
         r["drop_probe"] = bleu_drop(_length_buckets(r, "probe"))
+        if baseline is not None and r is not baseline:
+            r["probe_lead_growth"] = probe_lead_growth(r, baseline)
     (out / "report.md").write_text(markdown(rows) + ("\n_Not finished: " + ", ".join(missing) + "_\n" if missing else ""))
     (out / "report.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     fig = plot(rows, out / "bleu_vs_length.png")
