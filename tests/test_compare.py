@@ -130,9 +130,10 @@ def test_lead_growth_has_a_paired_bootstrap_interval(tmp_path):
     from translate.report import probe_lead_growth
 
     words = "a man in a blue shirt is riding a bike down the street while two dogs run".split()
-    src = [" ".join(words[: 3 + i % 5]) for i in range(30)] + [" ".join(words * 2)[: 40 + i] for i in range(30)]
+    src = [" ".join(words[: 3 + i % 5]) for i in range(30)] + [" ".join((words * 2)[: 12 + i]) for i in range(30)]
     ref = [f"ref {i} " + " ".join(words[i % 7 :]) for i in range(60)]
-    buckets = [{"min_words": 0, "max_words": 9, "sentences": 30, "bleu": 0.0}, {"min_words": 10, "max_words": 999, "sentences": 30, "bleu": 0.0}]
+    bucket = lambda lo, hi: {"min_words": lo, "max_words": hi, "sentences": 30, "bleu": 0.0}  # noqa: E731
+    buckets = [bucket(0, 9), bucket(10, 999)]
 
     def run(name, hyps):
         for suffix, lines in (("src", src), ("ref", ref), ("hyp", hyps)):
