@@ -228,13 +228,17 @@ class Transformer(nn.Module):
             state["attention"] = weights[-1].mean(dim=1)[:, -1]
         return self.generator(features.squeeze(1)), state
 
-    def features(self, src, src_mask, tgt_in):  # -> (B, T, D)
-        return self._decode(self.encode(src, src_mask), tgt_in, incremental=False)[0]
+    def features(self, src, src_mask, tgt_in, return_attention: bool = False):
+        """Teacher forcing -> (B, T, D) [, last layer's cross-attention, mean over heads (B, T, S)]."""
+        features, _, weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention)
+        return (features, weights[-1].mean(dim=1)) if return_attention else features
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
-        features, _, weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention)
-        logits = self.generator(features)
-        return (logits, weights[-1].mean(dim=1)) if return_attention else logits
+        """Teacher forcing: logits (B, T, V) [, cross-attention (B, T, S)]."""
+        if not return_attention:  # the fused attention path: no weights computed
+            return self.generator(self.features(src, src_mask, tgt_in))
+        features, weights = self.features(src, src_mask, tgt_in, return_attention=True)
+        return self.generator(features), weights
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
         """Cross-attention of every decoder layer for a teacher-forced target: {"layerN": (B, T, S)},
