@@ -95,6 +95,18 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     assert json.loads((report / "report.json").read_text())[0]["steps"] == 4
 
 
+def test_an_override_gets_its_own_comparison_directory(tmp_path):
+    """The sweeper rewrites 2e-3 as 0.002 in each job's overrides; the sweep and its job must still name one directory."""
+    args = [sys.executable, "-m", "translate.train", "+experiment=bottleneck", *TINY, "hydra.sweeper.params.model=rnn", "trainer.lr=2e-3"]
+    done = subprocess.run(
+        [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [sweep] = (tmp_path / "runs" / "compare").iterdir()
+    assert sweep.name.startswith("synthetic_src-tgt_4steps_concat0.5_overrides-")  # too many overrides to spell out
+    assert (sweep / "rnn" / "eval" / "test.json").exists() and (sweep / "report" / "report.md").exists()
+
+
 def test_bleu_drop_ignores_tiny_buckets():
     from translate.report import bleu_drop
 

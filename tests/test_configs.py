@@ -25,7 +25,7 @@ def test_reference_transformer_is_the_joeynmt_baseline():
     [
         (["+experiment=bottleneck"], "multi30k_de-en_800steps_concat0.5"),
         (["+experiment=bottleneck", "trainer.max_steps=1600", "model=rnn"], "multi30k_de-en_1600steps_concat0.5"),
-        (["+experiment=bottleneck", "trainer.lr=2e-3", "data.dir=/a/b"], "multi30k_de-en_800steps_concat0.5_data.dir=_a_b,trainer.lr=2e-3"),
+        (["+experiment=bottleneck", "trainer.lr=2e-3", "data.dir=/a"], "multi30k_de-en_800steps_concat0.5_data.dir=_a,trainer.lr=0.002"),
         (["+experiment=attention_scorers", "model.attention=dot", "trainer.seed=2"], "scorers_multi30k_de-en_400steps_trainer.seed=2"),
     ],
 )

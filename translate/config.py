@@ -7,10 +7,12 @@ not a silently ignored setting.  Config groups mirror code modules:
 ``trainer`` → ``translate/trainer.py``, ``eval`` → ``translate/evaluate.py``.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -181,9 +183,23 @@ def train_config(saved) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved) if isinstance(saved, (str, Path)) else saved)
 
 
-def overrides_suffix(override_dirname: str) -> str:
-    """`_<overrides>` for a directory name (`/` in values becomes `_`), or nothing when there are none."""
-    return f"_{override_dirname.replace('/', '_')}" if override_dirname else ""
+MAX_SUFFIX = 120  # characters of overrides in a directory name (file systems allow 255 per name)
+
+
+def overrides_suffix(overrides, exclude_keys) -> str:
+    """`_key=value,…` of the command-line overrides not in exclude_keys, for a directory name, or "" if none.
+
+    Values are written as Hydra's sweeper writes them into each job's overrides (2e-3 -> 0.002),
+    so a multirun and every one of its jobs resolve the same sweep directory; `/` becomes `_`.
+    A list longer than MAX_SUFFIX characters becomes `overrides-<hash>` (each run's config.yaml has them all).
+    """
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    kept = [o for o in parsed if o.key_or_group not in exclude_keys]
+    items = sorted(o.input_line if o.is_sweep_override() else f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in kept)
+    suffix = ",".join(items).replace("/", "_")
+    if len(suffix) > MAX_SUFFIX:
+        suffix = f"overrides-{hashlib.sha1(suffix.encode()).hexdigest()[:10]}"
+    return f"_{suffix}" if suffix else ""
 
 
 def register_configs() -> None:
