@@ -2,7 +2,8 @@
 
 `python -m translate.report RUN_DIR… [--out DIR]` reads each run's
 train_summary.json, eval/test.json and the probe's texts eval/test_probe.{src,ref,hyp}
-(written by training and evaluation) and never loads weights.  Hydra multirun calls `ReportCallback` when a sweep ends.
+(written by training and evaluation) and never loads weights.  Hydra multirun calls
+`ReportCallback` when a sweep ends.
 """
 
 import argparse
@@ -94,12 +95,13 @@ def gap_lines(rows: list[dict]) -> list[str]:
         test, probe = (gap_to_baseline(_length_buckets(r, k), _length_buckets(baseline, k)) for k in (None, "probe"))
         cells = [f"{g[0]:+.2f} | {g[1]:+.2f}" if g else "– | –" for g in (test, probe)]
         lines.append(f"| {r['name']} | {cells[0]} | {cells[1]} | {_grows(r, probe)} |")
-    return lines + [
-        "",
-        "The interval is a paired bootstrap (1,000 resamples of the sentences in each of the two buckets, "
-        'the same draw for both runs); "not significant" means it contains 0.',
-        "",
-    ]
+    if any(r.get("probe_lead_growth") for r in rows):
+        lines += [
+            "",
+            "The interval is a paired bootstrap (1,000 resamples of the sentences in each of the two buckets, "
+            'the same draw for both runs); "not significant" means it contains 0.',
+        ]
+    return lines + [""]
 
 
 def _bucket_label(b: dict) -> str:
