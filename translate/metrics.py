@@ -21,11 +21,16 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
     }
 
 
+def length_bucket(sources: list[str], lo: int, hi: int) -> list[int]:
+    """Indices of the sources with lo <= words < hi."""
+    return [i for i, s in enumerate(sources) if lo <= len(s.split()) < hi]
+
+
 def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[str], edges: list[int]) -> list[dict]:
     """BLEU of the sentences whose source has lo <= words < hi, for consecutive bucket edges."""
     buckets = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        idx = [i for i, s in enumerate(sources) if lo <= len(s.split()) < hi]
+        idx = length_bucket(sources, lo, hi)
         score = BLEU().corpus_score([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score if idx else None
         buckets.append({"min_words": lo, "max_words": hi - 1, "sentences": len(idx), "bleu": None if score is None else round(score, 2)})
     return buckets

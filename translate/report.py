@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from torch.utils.tensorboard import SummaryWriter
 
-from translate.metrics import bleu_statistics, lead_growth_interval
+from translate.metrics import bleu_statistics, lead_growth_interval, length_bucket
 from translate.plots import plt
 
 
@@ -63,8 +63,7 @@ def probe_lead_growth(row: dict, baseline: dict) -> dict | None:
     if ends is None or texts is None or base_texts is None or texts[:2] != base_texts[:2]:
         return None
     src, ref, hyp = texts
-    lengths = [len(s.split()) for s in src]
-    short, long = ([i for i, n in enumerate(lengths) if buckets[e]["min_words"] <= n <= buckets[e]["max_words"]] for e in ends)
+    short, long = (length_bucket(src, buckets[e]["min_words"], buckets[e]["max_words"] + 1) for e in ends)
     growth, low, high = lead_growth_interval(bleu_statistics(hyp, ref), bleu_statistics(base_texts[2], ref), short, long)
     return {"baseline": baseline["name"], "growth": growth, "ci95": [low, high]}
 
