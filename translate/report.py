@@ -77,9 +77,14 @@ def _grows(r: dict, probe_gap: tuple[float, float] | None) -> str:
     return "–" if probe_gap is None else ("yes" if probe_gap[1] > probe_gap[0] else "no")
 
 
+def fixed_vector_baseline(rows: list[dict]) -> dict | None:
+    """The `rnn` run the attention models are measured against, if the report has one."""
+    return next((r for r in rows if r["model"] == "rnn"), None)
+
+
 def gap_lines(rows: list[dict]) -> list[str]:
     """Does attention's lead over the fixed-vector `rnn` grow with length?  One row per other run."""
-    baseline = next((r for r in rows if r["model"] == "rnn"), None)
+    baseline = fixed_vector_baseline(rows)
     if baseline is None or len(rows) < 2:
         return []
     lines = [
@@ -173,7 +178,7 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
     if not rows:
         raise FileNotFoundError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
     out.mkdir(parents=True, exist_ok=True)
-    baseline = next((r for r in rows if r["model"] == "rnn"), None)
+    baseline = fixed_vector_baseline(rows)
     for r in rows:
         r["drop_test"] = bleu_drop(_length_buckets(r, None))
         r["drop_probe"] = bleu_drop(_length_buckets(r, "probe"))
