@@ -106,6 +106,13 @@ def test_an_override_gets_its_own_comparison_directory(tmp_path):
     assert sweep.name.startswith("synthetic_src-tgt_4steps_concat0.5_overrides-")  # too many overrides to spell out
     assert (sweep / "rnn" / "eval" / "test.json").exists() and (sweep / "report" / "report.md").exists()
 
+    # the same directory with another learning rate: refused, not skipped as finished
+    args[-1] = f"hydra.sweep.dir={sweep}"
+    again = subprocess.run(
+        [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode != 0 and "trainer.lr=0.002 (now 0.001)" in again.stderr, again.stderr[-3000:]
+
 
 def test_bleu_drop_ignores_tiny_buckets():
     from translate.report import bleu_drop

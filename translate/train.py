@@ -8,13 +8,42 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from translate.config import register_configs
+from translate.config import register_configs, train_config
 from translate.evaluate import evaluate, format_result
 from translate.trainer import Trainer
 
 log = logging.getLogger(__name__)
 register_configs()
 SUMMARY = "train_summary.json"
+# where and how visibly a run goes: a run may continue with these changed
+RUNTIME_KEYS = {"data.dir", "data.download_dir", "data.tokenizer.cache_dir", "trainer.device", "trainer.threads"}
+RUNTIME_KEYS |= {"trainer.log_every", "trainer.num_samples", "trainer.attention_maps", "trainer.attention_head"}
+
+
+def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose value differs between two configs, as `key=saved (now current)`, runtime keys left out."""
+    changed = []
+    for key in sorted(saved.keys() | current.keys()):
+        path, old, new = f"{prefix}{key}", saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_settings(old, new, f"{path}.")
+        elif old != new and path not in RUNTIME_KEYS:
+            changed.append(f"{path}={old} (now {new})")
+    return changed
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
+    """resume=auto continues or skips the run in `run_dir` only if it was started with the same settings."""
+    if not (run_dir / "config.yaml").exists():
+        return
+    saved = OmegaConf.to_container(train_config(run_dir / "config.yaml"), resolve=True)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changed = changed_settings(*({k: c[k] for k in ("data", "model", "trainer")} for c in (saved, current)))
+    if changed:
+        raise ValueError(
+            f"{run_dir} holds a run with other settings: {', '.join(changed)}; "
+            "remove that directory or write elsewhere (hydra.sweep.dir=… for make compare, hydra.run.dir=… for make train)"
+        )
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -40,6 +69,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     run_dir, auto = Path(HydraConfig.get().runtime.output_dir), cfg.resume == "auto"
     if auto:
+        check_same_run(cfg, run_dir)
         cfg.resume = str(run_dir) if (run_dir / "last.pt").exists() else None
     elif cfg.resume:
         run_dir = Path(cfg.resume)
