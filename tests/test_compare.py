@@ -96,8 +96,8 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
 
 
 def test_an_override_gets_its_own_comparison_directory(tmp_path):
-    """The sweeper rewrites 2e-3 as 0.002 in each job's overrides; the sweep and its job must still name one directory."""
-    args = [sys.executable, "-m", "translate.train", "+experiment=bottleneck", *TINY, "hydra.sweeper.params.model=rnn", "trainer.lr=2e-3"]
+    """The sweeper rewrites 3e-3 as 0.003 in each job's overrides; the sweep and its job must still name one directory."""
+    args = [sys.executable, "-m", "translate.train", "+experiment=bottleneck", *TINY, "hydra.sweeper.params.model=rnn", "trainer.lr=3e-3"]
     done = subprocess.run(
         [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
@@ -111,7 +111,7 @@ def test_an_override_gets_its_own_comparison_directory(tmp_path):
     again = subprocess.run(
         [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
-    assert again.returncode != 0 and "trainer.lr=0.002 (now 0.001)" in again.stderr, again.stderr[-3000:]
+    assert again.returncode != 0 and "trainer.lr=0.003 (now 0.002)" in again.stderr, again.stderr[-3000:]
 
 
 def test_bleu_drop_ignores_tiny_buckets():
