@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from translate.models.attention import AdditiveAttention
-from translate.models.transformer import MultiHeadAttention, written_out_attention
+from translate.models.attention import AdditiveAttention, MultiHeadAttention, written_out_attention
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -43,7 +42,7 @@ def median_ms(fn, repeats: int) -> float:
 
 def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
     """Encoder self-attention of the reference Transformer: 128 sentences × 32 tokens, d 256, 4 heads."""
-    attn = MultiHeadAttention(256, 4, dropout=dropout).train()
+    attn = MultiHeadAttention(256, 256, 256, 4, out_dim=256, dropout=dropout).train()
     x = torch.randn(128, 32, 256, requires_grad=True)
     mask = torch.ones(128, 1, 1, 32, dtype=torch.bool)
     mask[::3, ..., 26:] = False  # some padding
@@ -56,7 +55,7 @@ def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
         out.float().sum().backward()
 
     fused = lambda: run(F.scaled_dot_product_attention)  # noqa: E731
-    written_out = lambda: run(written_out_attention)  # noqa: E731
+    written_out = lambda: run(lambda *args, **kwargs: written_out_attention(*args, **kwargs)[0])  # noqa: E731
     return {"on_ms": median_ms(fused, repeats), "off_ms": median_ms(written_out, repeats)}
 
 
@@ -82,7 +81,9 @@ def batched_readout_lever(repeats: int) -> dict:
     from translate.config import ModelConfig
     from translate.models import build_model
 
-    model = build_model(ModelConfig(name="rnn_attention", emb_dim=256, hidden_dim=512, attention_dim=512, dropout=0.2), 8000).train()
+    model = build_model(
+        ModelConfig(name="rnn_attention", emb_dim=256, hidden_dim=512, attention_dim=512, dropout=0.2), 8000
+    ).train()
     src, tgt = torch.randint(4, 8000, (128, 30)), torch.randint(4, 8000, (128, 32))
     mask = torch.ones_like(src, dtype=torch.bool)
 
@@ -93,7 +94,10 @@ def batched_readout_lever(repeats: int) -> dict:
             logits.append(step_logits)
         torch.stack(logits, dim=1).sum().backward()
 
-    return {"on_ms": median_ms(lambda: model(src, mask, tgt).sum().backward(), repeats), "off_ms": median_ms(per_step, repeats)}
+    return {
+        "on_ms": median_ms(lambda: model(src, mask, tgt).sum().backward(), repeats),
+        "off_ms": median_ms(per_step, repeats),
+    }
 
 
 def packing_lever(repeats: int, lengths: list[int]) -> dict:
@@ -154,7 +158,9 @@ def main() -> None:
         extra = f" (padding {r['padding']:.0%})" if "padding" in r else ""
         lines.append(f"| {name}{extra} | {r['on_ms']:.1f} | {r['off_ms']:.1f} | {r['off_ms'] / r['on_ms']:.2f}× |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n"
+    )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -6,7 +6,7 @@ from translate.models.attention import (
     SCORERS,
     LocalAttention,
     MonotonicLocalAttention,
-    MultiHeadAttention,
+    MultiHeadScorer,
     ScaledDotAttention,
     build_attention,
 )
@@ -62,10 +62,11 @@ def test_scaled_dot_matches_torch_sdpa():
 
 def test_multihead_with_one_head_and_identity_projections_is_scaled_dot():
     query, memory, mask = _inputs()
-    multi = MultiHeadAttention(Q, Q, Q, heads=1)
+    multi = MultiHeadScorer(Q, Q, Q, heads=1)
     single = ScaledDotAttention(Q, Q)
     with torch.no_grad():
-        for layer in (multi.query_proj, multi.key_proj, multi.value_proj, multi.out_proj, single.key_proj):
+        mha = multi.attention
+        for layer in (mha.q_proj, mha.k_proj, mha.v_proj, mha.out_proj, single.key_proj):
             layer.weight.copy_(torch.eye(Q))
     a = multi(query, multi.project_keys(memory), memory, mask)
     b = single(query, single.project_keys(memory), memory, mask)

@@ -11,12 +11,22 @@ CONFIGS = {
     "rnn": dict(name="rnn", emb_dim=24, hidden_dim=32, enc_layers=2, dec_layers=2),
     "rnn_lstm": dict(name="rnn", cell="lstm", emb_dim=24, hidden_dim=32, bidirectional=False),
     "rnn_attention": dict(name="rnn_attention", emb_dim=24, hidden_dim=32, attention_dim=16),
-    "rnn_attention_lstm": dict(name="rnn_attention", cell="lstm", emb_dim=24, hidden_dim=32, attention_dim=16, tie_embeddings=False),
-    "rnn_attention_local": dict(name="rnn_attention", attention="local", emb_dim=24, hidden_dim=32, attention_dim=16, window=2),
-    "rnn_attention_local_m": dict(name="rnn_attention", attention="local_m", emb_dim=24, hidden_dim=32, window=2, bidirectional=False),
-    "rnn_attention_multihead": dict(name="rnn_attention", attention="multihead", emb_dim=24, hidden_dim=32, attention_dim=16, heads=2),
+    "rnn_attention_lstm": dict(
+        name="rnn_attention", cell="lstm", emb_dim=24, hidden_dim=32, attention_dim=16, tie_embeddings=False
+    ),
+    "rnn_attention_local": dict(
+        name="rnn_attention", attention="local", emb_dim=24, hidden_dim=32, attention_dim=16, window=2
+    ),
+    "rnn_attention_local_m": dict(
+        name="rnn_attention", attention="local_m", emb_dim=24, hidden_dim=32, window=2, bidirectional=False
+    ),
+    "rnn_attention_multihead": dict(
+        name="rnn_attention", attention="multihead", emb_dim=24, hidden_dim=32, attention_dim=16, heads=2
+    ),
     "transformer": dict(name="transformer", d_model=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2),
-    "transformer_post_ln": dict(name="transformer", d_model=32, heads=4, ff_dim=64, pre_norm=False, tie_embeddings=False),
+    "transformer_post_ln": dict(
+        name="transformer", d_model=32, heads=4, ff_dim=64, pre_norm=False, tie_embeddings=False
+    ),
 }
 
 
@@ -131,17 +141,61 @@ def test_link_checkpoint_is_atomic_and_survives_the_source_being_replaced(tmp_pa
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_transformer_attention_written_out_for_bf16_equals_sdpa(causal):
-    """bf16 on CPU takes the written-out attention (faster there); fp32 takes SDPA. Both compute the same."""
+    """bf16 on CPU (or weights wanted) takes the written-out attention; fp32 takes SDPA. Both compute the same."""
     import torch.nn.functional as F
 
-    from translate.models.transformer import attention, written_out_attention
+    from translate.models.attention import scaled_dot_product_attention, written_out_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, 6, 8) for _ in range(3))
-    mask = None if causal else torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], dtype=torch.bool)[:, None, None]
+    mask = (
+        None
+        if causal
+        else torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], dtype=torch.bool)[:, None, None]
+    )
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-    torch.testing.assert_close(written_out_attention(q, k, v, mask, causal), expected)
-    torch.testing.assert_close(attention(q, k, v, mask, causal), expected)
-    bf16 = attention(*(t.bfloat16() for t in (q, k, v)), mask, causal)
+    out, weights = written_out_attention(q, k, v, mask, causal)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights @ v, expected)
+    assert scaled_dot_product_attention(q, k, v, mask, causal)[1] is None
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask, causal)[0], expected)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask, causal, need_weights=True)[0], expected)
+    bf16 = scaled_dot_product_attention(*(t.bfloat16() for t in (q, k, v)), mask, causal)[0]
     assert bf16.dtype == torch.bfloat16
     torch.testing.assert_close(bf16.float(), expected, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_every_model_keeps_the_decoding_contract(key):
+    """The Protocol of translate/models/base.py, by name and by signature, and attention asked of each the same way."""
+    import inspect
+
+    from translate.models.base import NoAttentionError, Seq2SeqModel
+
+    model = _model(key)
+    assert isinstance(model, Seq2SeqModel)
+    for name in ("encode", "decode_step", "features", "attention_maps", "forward"):
+        ours = list(inspect.signature(getattr(model, name)).parameters)
+        contract = list(inspect.signature(getattr(Seq2SeqModel, "__call__" if name == "forward" else name)).parameters)
+        assert ours == contract[1:], (name, ours)
+    src, mask, tgt = _batch()
+    with torch.no_grad():
+        state = model.encode(src, mask)
+        if not model.has_attention:
+            for ask in (
+                lambda: model.decode_step(state, tgt[:, 0], need_attention=True),
+                lambda: model.features(src, mask, tgt, return_attention=True),
+                lambda: model(src, mask, tgt, return_attention=True),
+                lambda: model.attention_maps(src, mask, tgt),
+            ):
+                with pytest.raises(NoAttentionError, match="has no attention"):
+                    ask()
+            return
+        _, quiet = model.decode_step(state, tgt[:, 0])
+        _, loud = model.decode_step(state, tgt[:, 0], need_attention=True)
+        assert "attention" not in quiet and loud["attention"].shape == (4, 9)
+        features, weights = model.features(src, mask, tgt, return_attention=True)
+        assert features.shape[:2] == (4, 7) and weights.shape == (4, 7, 9)
+        torch.testing.assert_close(features, model.features(src, mask, tgt))
+        maps = model.attention_maps(src, mask, tgt)
+        assert maps and all(m.shape == (4, 7, 9) for m in maps.values())

@@ -1,8 +1,8 @@
-"""Decoding through the one interface every model shares (encode / decode_step).
+"""Decoding through the contract every model keeps (translate/models/base.py: encode / decode_step).
 
 Search knows tensors and token ids, not tokenizers or trainers.  A decoding
-state is a dict whose tensors (possibly inside lists) have the batch in dim 0,
-so `select` can keep, drop or reorder sentences without knowing the model:
+state is a dict whose tensors (alone, in lists or in NamedTuples) have the batch
+in dim 0, so `select` can keep, drop or reorder sentences without knowing the model:
 greedy search decodes B rows, beam search B·K rows (K beams per sentence).
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from translate.data.batching import collate, sorted_batch_order
+from translate.models.base import Seq2SeqModel
 
 
 @dataclass
@@ -27,6 +28,8 @@ def select(state, index: torch.Tensor):
         return state.index_select(0, index)
     if isinstance(state, dict):
         return {k: select(v, index) for k, v in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a NamedTuple, e.g. the Transformer's KV
+        return type(state)(*(select(v, index) for v in state))
     if isinstance(state, (list, tuple)):
         return type(state)(select(v, index) for v in state)
     return state
@@ -38,7 +41,9 @@ def max_output_lengths(src_mask: torch.Tensor, ratio: float, offset: int) -> tor
 
 
 @torch.no_grad()
-def greedy_search(model, src, src_mask, bos: int, eos: int, max_len: torch.Tensor, need_attention: bool = False) -> list[Hypothesis]:
+def greedy_search(
+    model: Seq2SeqModel, src, src_mask, bos: int, eos: int, max_len: torch.Tensor, need_attention: bool = False
+) -> list[Hypothesis]:
     """Pick the most probable token at every step, for a whole batch at once.
 
     src, src_mask (B, S); max_len (B,) -> one Hypothesis per sentence.
@@ -80,7 +85,7 @@ def gnmt_length_penalty(length, alpha: float):
 
 @torch.no_grad()
 def beam_search(
-    model,
+    model: Seq2SeqModel,
     src,
     src_mask,
     bos: int,
@@ -145,7 +150,9 @@ def beam_search(
             att = attention[a, j, :, : src_len[int(sent[a])]].cpu() if need_attention else None
             finished[int(sent[a])].append(Hypothesis(seq, float(cand_scores[a, j]), att, float(normalized[a, j])))
         num_finished[sent] += ends.sum(1)
-        top_finished[sent] = torch.cat([top_finished[sent], normalized.masked_fill(~ends, float("-inf"))], 1).topk(n_best, 1)[0]
+        top_finished[sent] = torch.cat([top_finished[sent], normalized.masked_fill(~ends, float("-inf"))], 1).topk(
+            n_best, 1
+        )[0]
 
         # the K best non-EOS candidates live on (a stable sort keeps them in rank order)
         keep = (token == eos).argsort(dim=1, stable=True)[:, :K]  # (A, K)
@@ -170,7 +177,7 @@ def beam_search(
 
 @torch.no_grad()
 def translate_ids(
-    model,
+    model: Seq2SeqModel,
     sources: list[list[int]],
     bos: int,
     eos: int,
@@ -199,7 +206,9 @@ def translate_ids(
         if beam_size == 1:
             hyps = [[h] for h in greedy_search(model, batch.src, batch.src_mask, bos, eos, max_len, need_attention)]
         else:
-            hyps = beam_search(model, batch.src, batch.src_mask, bos, eos, max_len, beam_size, length_penalty, n_best, need_attention)
+            hyps = beam_search(
+                model, batch.src, batch.src_mask, bos, eos, max_len, beam_size, length_penalty, n_best, need_attention
+            )
         for i, nbest in zip(indices, hyps):
             results[i] = nbest
         if progress is not None:

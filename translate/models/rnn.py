@@ -1,12 +1,8 @@
 """RNN encoder-decoders: without attention (Cho et al. 2014) and with it (Bahdanau et al. 2015).
 
-Both share the decoding interface of every model here:
-
-    state = model.encode(src, src_mask)               # src (B, S), src_mask (B, S) bool
-    logits, state = model.decode_step(state, prev)    # prev (B,) -> logits (B, V)
-    logits = model(src, src_mask, tgt_in)             # teacher forcing: (B, T) -> (B, T, V)
-
-A state is a dict of tensors with the batch in dim 0, so search can reorder it.
+Both keep the decoding contract of translate/models/base.py; their decoding state holds the
+decoder's hidden state (B, H) or (B, L, H) and what the decoder reads of the source: one vector
+(`rnn`), or the encoder outputs and their projected keys (`rnn_attention`).
 """
 
 import torch
@@ -14,6 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from translate.models.attention import build_attention
+from translate.models.base import EncoderDecoder
 
 CELLS = {"gru": (nn.GRU, nn.GRUCell), "lstm": (nn.LSTM, nn.LSTMCell)}
 
@@ -32,7 +29,9 @@ class RNNEncoder(nn.Module):
     direction (the backward direction's last state is the one at position 0).
     """
 
-    def __init__(self, embedding: nn.Embedding, cell: str, hidden_dim: int, layers: int, bidirectional: bool, dropout: float):
+    def __init__(
+        self, embedding: nn.Embedding, cell: str, hidden_dim: int, layers: int, bidirectional: bool, dropout: float
+    ):
         super().__init__()
         self.embedding, self.dropout = embedding, nn.Dropout(dropout)
         self.rnn = cell_classes(cell)[0](
@@ -48,7 +47,9 @@ class RNNEncoder(nn.Module):
 
     def forward(self, src, src_mask):
         lengths = src_mask.sum(1).cpu()
-        packed = pack_padded_sequence(self.dropout(self.embedding(src)), lengths, batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.dropout(self.embedding(src)), lengths, batch_first=True, enforce_sorted=False
+        )
         outputs, final = self.rnn(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.shape[1])
         h_n = final[0] if isinstance(final, tuple) else final  # (layers·D, B, H)
@@ -67,17 +68,19 @@ class Maxout(nn.Module):
         return self.linear(x).unflatten(-1, (-1, 2)).amax(-1)
 
 
-class RNNSeq2Seq(nn.Module):
+class RNNSeq2Seq(EncoderDecoder):
     """Shared parts: a joint embedding, the encoder, the maxout readout and the output layer."""
-
-    has_attention = False  # whether decode_step puts alignment weights in state["attention"]
 
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__()
         self.cell = cfg.cell
         self.embedding = nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=pad_id)
-        self.tgt_embedding = self.embedding if cfg.tie_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=pad_id)
-        self.encoder = RNNEncoder(self.embedding, cfg.cell, cfg.hidden_dim, cfg.enc_layers, cfg.bidirectional, cfg.dropout)
+        self.tgt_embedding = (
+            self.embedding if cfg.tie_embeddings else nn.Embedding(vocab_size, cfg.emb_dim, padding_idx=pad_id)
+        )
+        self.encoder = RNNEncoder(
+            self.embedding, cfg.cell, cfg.hidden_dim, cfg.enc_layers, cfg.bidirectional, cfg.dropout
+        )
         self.dropout = nn.Dropout(cfg.dropout)
         self.generator = nn.Linear(cfg.emb_dim, vocab_size, bias=False)
         for emb in {self.embedding, self.tgt_embedding}:  # unit-scale logits at start, tied or not
@@ -87,12 +90,8 @@ class RNNSeq2Seq(nn.Module):
             self.generator.weight = self.embedding.weight
 
     def readout(self, state, embedded, context):
-        """maxout([s; E y; c]):  (…, H), (…, E), (…, C) -> (…, E), the features the output layer W_o turns into logits."""
+        """maxout([s; E y; c]):  (…, H), (…, E), (…, C) -> (…, E), the features W_o turns into logits."""
         return self.dropout(self.readout_layer(torch.cat([state, embedded, context], dim=-1)))
-
-    def forward(self, src, src_mask, tgt_in):
-        """Teacher forcing: logits (B, T, V) = W_o · features."""
-        return self.generator(self.features(src, src_mask, tgt_in))
 
     def _hidden_in(self, state):  # batch-first state dict -> what nn.GRU/nn.LSTM take
         h = state["hidden"].transpose(0, 1).contiguous()
@@ -142,11 +141,18 @@ class RNNEncoderDecoder(RNNSeq2Seq):
         return self.readout(outputs, embedded, context), {**state, **self._hidden_out(hidden)}
 
     def decode_step(self, state, prev, need_attention: bool = False):
+        if need_attention:
+            raise self.no_attention()
         features, state = self._decode(state, prev.unsqueeze(1))
         return self.generator(features.squeeze(1)), state
 
-    def features(self, src, src_mask, tgt_in):  # -> (B, T, E)
+    def features(self, src, src_mask, tgt_in, return_attention: bool = False):  # -> (B, T, E)
+        if return_attention:
+            raise self.no_attention()
         return self._decode(self.encode(src, src_mask), tgt_in)[0]
+
+    def attention_maps(self, src, src_mask, tgt_in, head: int | None = None):
+        raise self.no_attention()
 
 
 class AttentionRNN(RNNSeq2Seq):
@@ -163,10 +169,14 @@ class AttentionRNN(RNNSeq2Seq):
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__(cfg, vocab_size, pad_id)
         if cfg.dec_layers != 1:
-            raise ValueError(f"model.dec_layers={cfg.dec_layers}: rnn_attention has a single-layer decoder; set model.dec_layers=1")
+            raise ValueError(
+                f"model.dec_layers={cfg.dec_layers}: rnn_attention has a single-layer decoder; set model.dec_layers=1"
+            )
         memory_dim = self.encoder.output_dim
         self.init_state = nn.Linear(cfg.hidden_dim if cfg.bidirectional else memory_dim, cfg.hidden_dim)  # W_s
-        self.attention = build_attention(cfg.attention, cfg.hidden_dim, memory_dim, cfg.attention_dim, heads=cfg.heads, window=cfg.window)
+        self.attention = build_attention(
+            cfg.attention, cfg.hidden_dim, memory_dim, cfg.attention_dim, heads=cfg.heads, window=cfg.window
+        )
         self.decoder = cell_classes(cfg.cell)[1](cfg.emb_dim + memory_dim, cfg.hidden_dim)
         self.readout_layer = Maxout(cfg.hidden_dim + cfg.emb_dim + memory_dim, cfg.emb_dim)
         self.hidden_dim, self.bidirectional = cfg.hidden_dim, cfg.bidirectional
@@ -176,44 +186,50 @@ class AttentionRNN(RNNSeq2Seq):
         first_backward = final[:, self.hidden_dim :] if self.bidirectional else final
         s0 = torch.tanh(self.init_state(first_backward))  # (B, H)
         position = torch.zeros(src.shape[0], dtype=torch.long, device=src.device)  # target index, for local_m
-        state = {"memory": memory, "keys": self.attention.project_keys(memory), "src_mask": src_mask, "hidden": s0, "position": position}
+        state = {
+            "memory": memory,
+            "keys": self.attention.project_keys(memory),
+            "src_mask": src_mask,
+            "hidden": s0,
+            "position": position,
+        }
         if self.cell == "lstm":
             state["cell"] = torch.zeros_like(s0)
         return state
 
     def _step(self, state, embedded):
-        """Attention and the recurrence for one target position, without the readout: context, new state (with its weights)."""
-        context, weights = self.attention(state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"])
+        """Attention and the recurrence for one target position, without the readout: context c_i, α_i, new state."""
+        context, weights = self.attention(
+            state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"]
+        )
         rnn_in = torch.cat([embedded, context], dim=-1)
         if self.cell == "lstm":
             h, c = self.decoder(rnn_in, (state["hidden"], state["cell"]))
             new = {"hidden": h, "cell": c}
         else:
             new = {"hidden": self.decoder(rnn_in, state["hidden"])}
-        return context, {**state, **new, "attention": weights, "position": state["position"] + 1}
+        return context, weights, {**state, **new, "position": state["position"] + 1}
 
     def decode_step(self, state, prev, need_attention: bool = False):
         embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
-        context, new_state = self._step(state, embedded)
+        context, weights, new_state = self._step(state, embedded)
+        if need_attention:
+            new_state["attention"] = weights
         return self.generator(self.readout(state["hidden"], embedded, context)), new_state
 
     def features(self, src, src_mask, tgt_in, return_attention: bool = False):
-        """Teacher forcing: the recurrence runs step by step, the readout once over all steps -> (B, T, E) [, α (B, T, S)]."""
+        """Teacher forcing: the recurrence runs step by step, the readout once over all steps
+        -> (B, T, E) [, α (B, T, S)]."""
         state = self.encode(src, src_mask)
         embedded = self.dropout(self.tgt_embedding(tgt_in))  # (B, T, E)
         hidden, contexts, weights = [], [], []
         for t in range(tgt_in.shape[1]):
             hidden.append(state["hidden"])  # s_{t-1}
-            context, state = self._step(state, embedded[:, t])
+            context, step_weights, state = self._step(state, embedded[:, t])
             contexts.append(context)
-            weights.append(state["attention"])
+            weights.append(step_weights)
         features = self.readout(torch.stack(hidden, dim=1), embedded, torch.stack(contexts, dim=1))  # (B, T, E)
         return (features, torch.stack(weights, dim=1)) if return_attention else features
-
-    def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
-        """Teacher forcing: logits (B, T, V) [, α (B, T, S)]."""
-        features, weights = self.features(src, src_mask, tgt_in, return_attention=True)
-        return (self.generator(features), weights) if return_attention else self.generator(features)
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
         """The alignment α for a teacher-forced target: {"alignment": (B, T, S)}."""

@@ -1,8 +1,8 @@
 """The encoder-decoder Transformer (Vaswani et al. 2017), one class per part of the paper.
 
-Attention runs through `torch.nn.functional.scaled_dot_product_attention` (written out in bf16 on CPU).
-Incremental decoding keeps a key/value cache in the decoding *state* (a dict of
-tensors, batch in dim 0), never on the modules, so search can reorder it freely:
+Attention is `MultiHeadAttention` of translate/models/attention.py, used two ways: `SelfAttention`
+and `CrossAttention` (Section 3.2.3).  Incremental decoding keeps each layer's keys and values
+(`KV`) in the decoding *state*, never on the modules, so search can reorder it freely:
 
     state = model.encode(src, src_mask)                 # + cross-attention keys/values, once
     logits, state = model.decode_step(state, prev)      # appends one position to the self-attention cache
@@ -13,8 +13,10 @@ tensors, batch in dim 0), never on the modules, so search can reorder it freely:
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from translate.models.attention import KV, MultiHeadAttention
+from translate.models.base import EncoderDecoder
 
 
 class PositionalEncoding(nn.Module):
@@ -34,60 +36,34 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[start : start + x.shape[1]]
 
 
-def attention_weights(q, k, mask=None, is_causal: bool = False):
-    """softmax(Q Kᵀ / √d_k):  q (B, h, T, d_k), k (B, h, S, d_k) -> (B, h, T, S); mask True where allowed."""
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if is_causal:
-        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+class SelfAttention(MultiHeadAttention):
+    """Section 3.2.3: queries, keys and values all come from the layer's input x (B, T, D).
 
-
-def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
-    """softmax(Q Kᵀ / √d_k) V as matmul, softmax, matmul; arguments as in scaled_dot_product_attention."""
-    return F.dropout(attention_weights(q, k, mask, is_causal), dropout_p) @ v
-
-
-def attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
-    """Section 3.2.1, Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V:  q (B, h, T, d_k), k, v (B, h, S, d_k) -> (B, h, T, d_k).
-
-    `scaled_dot_product_attention`, except in bf16 on a CPU, where its fused kernel is 2–3× slower than
-    the written-out form (docs/performance.md).
-    """
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-        return written_out_attention(q, k, v, mask, is_causal, dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-
-
-class MultiHeadAttention(nn.Module):
-    """Section 3.2.2:  MultiHead(Q, K, V) = Concat(head_1..head_h) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V),
-    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
-
-    project_kv(x (B, S, D)) -> k, v (B, h, S, d_k);  attend(x (B, T, D), k, v, mask) -> (B, T, D), weights
-    mask: bool, broadcastable to (B, h, T, S), True where attention is allowed.
+    In the decoder each position sees itself and the positions before it: causally masked when the
+    whole target is given, or, decoding step by step, through `cache`, the keys and values of the
+    earlier positions.  Returns (B, T, D) and the keys and values including x's (the next cache).
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float):
-        super().__init__()
-        if d_model % heads:
-            raise ValueError(f"model.d_model={d_model} is not divisible by model.heads={heads}")
-        self.heads, self.d_k, self.dropout = heads, d_model // heads, dropout
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+    def __init__(self, d_model: int, heads: int, attention_dropout: float):
+        super().__init__(d_model, d_model, d_model, heads, out_dim=d_model, dropout=attention_dropout)
 
-    def _split(self, x):  # (B, T, D) -> (B, h, T, d_k)
-        return x.view(x.shape[0], x.shape[1], self.heads, self.d_k).transpose(1, 2)
+    def forward(self, x, mask=None, causal: bool = False, cache: KV | None = None) -> tuple[torch.Tensor, KV]:
+        kv = self.project_kv(x)
+        if cache is not None:  # step by step: every cached position and this one
+            kv = KV(torch.cat([cache.k, kv.k], dim=2), torch.cat([cache.v, kv.v], dim=2))
+        return super().forward(x, kv, mask, is_causal=causal and cache is None)[0], kv
 
-    def project_kv(self, x):
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
-    def attend(self, x, k, v, mask=None, is_causal: bool = False, need_weights: bool = False):
-        q = self._split(self.q_proj(x))
-        out = attention(q, k, v, mask, is_causal, dropout_p=self.dropout if self.training else 0.0)
-        weights = None
-        if need_weights:  # SDPA does not return the weights; recompute them for inspection only
-            weights = attention_weights(q, k, mask)
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)), weights
+class CrossAttention(MultiHeadAttention):
+    """Section 3.2.3, encoder-decoder attention: queries from the decoder (B, T, D), keys and values from
+    the encoder output, projected once per sentence (`project_kv`).  Returns (B, T, D) and the weights
+    (B, h, T, S) if need_weights."""
+
+    def __init__(self, d_model: int, heads: int, attention_dropout: float):
+        super().__init__(d_model, d_model, d_model, heads, out_dim=d_model, dropout=attention_dropout)
+
+    def forward(self, x, memory: KV, src_mask, need_weights: bool = False):
+        return super().forward(x, memory, src_mask, need_weights=need_weights)
 
 
 class FeedForward(nn.Module):
@@ -102,67 +78,69 @@ class FeedForward(nn.Module):
 
 
 class Residual(nn.Module):
-    """Section 5.4:  post-LN  LayerNorm(x + Dropout(f(x)));  pre-LN  x + Dropout(f(LayerNorm(x)))."""
+    """Section 5.4, around every sublayer f:
+    post-LN  LayerNorm(x + Dropout(f(x)));  pre-LN  x + Dropout(f(LayerNorm(x))).
+
+    `inner(x)` is what f reads; `forward(x, f_out)` adds f's output back.
+    """
 
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
 
-    def forward(self, x, sublayer):
-        if self.pre_norm:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+    def inner(self, x):
+        return self.norm(x) if self.pre_norm else x
+
+    def forward(self, x, sublayer_out):
+        x = x + self.dropout(sublayer_out)
+        return x if self.pre_norm else self.norm(x)
 
 
 class EncoderLayer(nn.Module):
-    """Section 3.1: self-attention, then a position-wise feed-forward network."""
+    """Section 3.1: self-attention, then a position-wise feed-forward network.  x (B, S, D), mask (B, 1, 1, S)."""
 
     def __init__(self, d_model, heads, ff_dim, dropout, pre_norm, attention_dropout):
         super().__init__()
-        self.self_attn, self.ff = MultiHeadAttention(d_model, heads, attention_dropout), FeedForward(d_model, ff_dim, dropout)
+        self.self_attn, self.ff = (
+            SelfAttention(d_model, heads, attention_dropout),
+            FeedForward(d_model, ff_dim, dropout),
+        )
         self.res1, self.res2 = Residual(d_model, dropout, pre_norm), Residual(d_model, dropout, pre_norm)
 
-    def forward(self, x, mask):  # x (B, S, D), mask (B, 1, 1, S)
-        x = self.res1(x, lambda h: self.self_attn.attend(h, *self.self_attn.project_kv(h), mask)[0])
-        return self.res2(x, self.ff)
+    def forward(self, x, mask):
+        x = self.res1(x, self.self_attn(self.res1.inner(x), mask)[0])
+        return self.res2(x, self.ff(self.res2.inner(x)))
 
 
 class DecoderLayer(nn.Module):
     """Section 3.1: masked self-attention, attention over the encoder output, feed-forward.
 
-    forward(x (B, T, D), cross_kv, src_mask, self_kv=None): with `self_kv` (cached keys/values of
-    earlier positions) it decodes incrementally and returns the extended cache.
+    forward(x (B, T, D), memory, src_mask, cache=None) -> (B, T, D), the self-attention cache, the
+    cross-attention weights (B, h, T, S) or None.  With `cache` (the keys and values of the earlier
+    positions) it decodes step by step.
     """
 
     def __init__(self, d_model, heads, ff_dim, dropout, pre_norm, attention_dropout):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, heads, attention_dropout)
-        self.cross_attn = MultiHeadAttention(d_model, heads, attention_dropout)
+        self.self_attn = SelfAttention(d_model, heads, attention_dropout)
+        self.cross_attn = CrossAttention(d_model, heads, attention_dropout)
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.res1, self.res2, self.res3 = (Residual(d_model, dropout, pre_norm) for _ in range(3))
 
-    def forward(self, x, cross_kv, src_mask, self_kv=None, need_weights=False):
-        cache, weights = {}, None
-
-        def self_attention(h):
-            k, v = self.self_attn.project_kv(h)
-            if self_kv is not None:  # incremental: attend to every cached position and this one
-                k, v = torch.cat([self_kv[0], k], dim=2), torch.cat([self_kv[1], v], dim=2)
-            cache["kv"] = (k, v)
-            return self.self_attn.attend(h, k, v, is_causal=self_kv is None)[0]
-
-        def cross_attention(h):
-            nonlocal weights
-            out, weights = self.cross_attn.attend(h, *cross_kv, src_mask, need_weights=need_weights)
-            return out
-
-        x = self.res1(x, self_attention)
-        x = self.res2(x, cross_attention)
-        return self.res3(x, self.ff), cache["kv"], weights
+    def forward(self, x, memory: KV, src_mask, cache: KV | None = None, need_weights: bool = False):
+        out, cache = self.self_attn(self.res1.inner(x), causal=True, cache=cache)
+        x = self.res1(x, out)
+        out, weights = self.cross_attn(self.res2.inner(x), memory, src_mask, need_weights)
+        x = self.res2(x, out)
+        return self.res3(x, self.ff(self.res3.inner(x))), cache, weights
 
 
-class Transformer(nn.Module):
-    """Encoder-decoder Transformer with a joint (optionally tied) embedding."""
+class Transformer(EncoderDecoder):
+    """Encoder-decoder Transformer with a joint (optionally tied) embedding.
+
+    Decoding state: src_mask (B, S); memory, a KV per decoder layer (its cross-attention keys and
+    values of the encoder output); cache, a KV per decoder layer (self-attention, one position per step).
+    """
 
     has_attention = True
 
@@ -198,29 +176,21 @@ class Transformer(nn.Module):
         x = self._embed(self.embedding, src)
         for layer in self.encoder_layers:
             x = layer(x, mask)
-        memory = self.encoder_norm(x)
-        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder_layers]
-        return {
-            "src_mask": src_mask,
-            "cross_k": [k for k, _ in cross],
-            "cross_v": [v for _, v in cross],
-            "self_k": [k[:, :, :0] for k, _ in cross],
-            "self_v": [v[:, :, :0] for _, v in cross],
-        }
+        x = self.encoder_norm(x)
+        memory = [layer.cross_attn.project_kv(x) for layer in self.decoder_layers]
+        return {"src_mask": src_mask, "memory": memory, "cache": [KV(m.k[:, :, :0], m.v[:, :, :0]) for m in memory]}
 
     def _decode(self, state, tgt, incremental: bool, need_weights: bool = False):
-        """-> features (B, T, D) before the output layer, state with the extended cache, cross-attention [(B, h, T, S)] or None."""
-        start = state["self_k"][0].shape[2] if incremental else 0
+        """-> features (B, T, D) before the output layer, the state with the extended cache,
+        the cross-attention of each layer [(B, h, T, S)] or None."""
+        start = state["cache"][0].k.shape[2] if incremental else 0
         x, mask = self._embed(self.tgt_embedding, tgt, start), state["src_mask"][:, None, None, :]
-        self_k, self_v, weights = [], [], []
-        for i, layer in enumerate(self.decoder_layers):
-            self_kv = (state["self_k"][i], state["self_v"][i]) if incremental else None
-            cross_kv = (state["cross_k"][i], state["cross_v"][i])
-            x, (k, v), layer_weights = layer(x, cross_kv, mask, self_kv, need_weights)
+        caches, weights = [], []
+        for layer, memory, cache in zip(self.decoder_layers, state["memory"], state["cache"]):
+            x, cache, layer_weights = layer(x, memory, mask, cache if incremental else None, need_weights)
+            caches.append(cache)
             weights.append(layer_weights)
-            self_k.append(k)
-            self_v.append(v)
-        return self.decoder_norm(x), {**state, "self_k": self_k, "self_v": self_v}, weights if need_weights else None
+        return self.decoder_norm(x), {**state, "cache": caches}, weights if need_weights else None
 
     def decode_step(self, state, prev, need_attention: bool = False):
         features, state, weights = self._decode(state, prev.unsqueeze(1), incremental=True, need_weights=need_attention)
@@ -230,15 +200,10 @@ class Transformer(nn.Module):
 
     def features(self, src, src_mask, tgt_in, return_attention: bool = False):
         """Teacher forcing -> (B, T, D) [, last layer's cross-attention, mean over heads (B, T, S)]."""
-        features, _, weights = self._decode(self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention)
+        features, _, weights = self._decode(
+            self.encode(src, src_mask), tgt_in, incremental=False, need_weights=return_attention
+        )
         return (features, weights[-1].mean(dim=1)) if return_attention else features
-
-    def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
-        """Teacher forcing: logits (B, T, V) [, cross-attention (B, T, S)]."""
-        if not return_attention:  # the fused attention path: no weights computed
-            return self.generator(self.features(src, src_mask, tgt_in))
-        features, weights = self.features(src, src_mask, tgt_in, return_attention=True)
-        return self.generator(features), weights
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
         """Cross-attention of every decoder layer for a teacher-forced target: {"layerN": (B, T, S)},
