@@ -42,10 +42,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Median GFLOP/s of a square matmul: the ceiling MFU is measured against."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    a @ b  # warm-up (oneDNN primitive creation)
+def matmul_peak_gflops(dtype: torch.dtype, max_size: int = 2048, repeats: int = 5, slow_s: float = 0.25) -> float:
+    """Median GFLOP/s of a square matmul: the ceiling MFU is measured against.  The size doubles from 512 up to
+    `max_size` while one product takes under `slow_s` (emulated bf16 on an AVX2-only CPU takes seconds at 2048)."""
+    size = 256
+    while True:
+        size *= 2
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        a @ b  # warm-up (oneDNN primitive creation)
+        started = time.perf_counter()
+        a @ b
+        if size >= max_size or time.perf_counter() - started > slow_s:
+            break
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -60,9 +68,13 @@ def cpu_name() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    units = [unit for flag, unit in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    name = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+        platform.machine(),
+    )
+    from translate.runtime import BF16_CPU_FLAGS, cpu_flags
+
+    units = [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in cpu_flags()]
     return f"{name} ({', '.join(units) or 'no bf16 units'})"
 
 
@@ -74,7 +86,9 @@ def compose_settings(setting: str, steps: int):
     register_configs()
     overrides = [o for o in shlex.split(setting) if not o.startswith("batching=")]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose(config_name="train", overrides=[*overrides, f"trainer.max_steps={steps}", "trainer.max_minutes=0"])
+        cfg = compose(
+            config_name="train", overrides=[*overrides, f"trainer.max_steps={steps}", "trainer.max_minutes=0"]
+        )
     cfg.resume = None
     return cfg
 
@@ -83,8 +97,13 @@ def random_batches(trainer) -> list:
     """Token batches in random order, no length bucketing: what `batching=random` measures against."""
     from translate.data.batching import token_batches
 
-    plan = [(i,) for i in torch.randperm(len(trainer.train_src), generator=torch.Generator().manual_seed(0)).tolist()]
-    return [[plan[j] for j in b] for b in token_batches([trainer.train_lengths[e[0]] for e in plan], trainer.tc.batch_tokens)]
+    plan = [
+        (i,) for i in torch.randperm(len(trainer.data.train_src), generator=torch.Generator().manual_seed(0)).tolist()
+    ]
+    return [
+        [plan[j] for j in b]
+        for b in token_batches([trainer.data.train_lengths[e[0]] for e in plan], trainer.tc.batch_tokens)
+    ]
 
 
 def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
@@ -156,7 +175,11 @@ def bench_decode(run: Path, beam: int, repeats: int) -> dict:
         times.append(time.perf_counter() - started)
     tokens = sum(len(t) + 1 for t in tokenizer.encode(outputs))  # target subwords + EOS
     seconds = statistics.median(times)
-    return {"sentences_per_s": round(len(sources) / seconds, 1), "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 2)}
+    return {
+        "sentences_per_s": round(len(sources) / seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "seconds": round(seconds, 2),
+    }
 
 
 def run_isolated(args: list[str]) -> dict:
@@ -179,10 +202,12 @@ def measure_one(what: str, target: str, args) -> dict:
 def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], args) -> str:
     lines = [
         f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; matmul peak "
-        f"{machine['peak_gflops']['float32']:,.0f} GFLOP/s fp32, {machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16. "
+        f"{machine['peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
+        f"{machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16. "
         f"Medians; training: {args.train_steps} steps after {args.warmup} warm-up, batch building included.",
         "",
-        "| training setting | parameters | target tok/s | peak MiB | GFLOP / token | MFU | target padding | batch build ms |",
+        "| training setting | parameters | target tok/s | peak MiB | GFLOP / token | MFU | target padding "
+        "| batch build ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in train_rows:
@@ -193,11 +218,15 @@ def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], arg
     if decode_rows:
         lines += [
             "",
-            "| decoding (test split) | " + " | ".join(f"beam {b} sent/s | beam {b} tok/s" for b in args.beams) + " | peak MiB |",
+            "| decoding (test split) | "
+            + " | ".join(f"beam {b} sent/s | beam {b} tok/s" for b in args.beams)
+            + " | peak MiB |",
             "|---|" + "---:|---:|" * len(args.beams) + "---:|",
         ]
         for r in decode_rows:
-            cells = " | ".join(f"{r[f'beam{b}']['sentences_per_s']:,.1f} | {r[f'beam{b}']['tokens_per_s']:,.0f}" for b in args.beams)
+            cells = " | ".join(
+                f"{r[f'beam{b}']['sentences_per_s']:,.1f} | {r[f'beam{b}']['tokens_per_s']:,.0f}" for b in args.beams
+            )
             peak = max(r[f"beam{b}"]["peak_rss_mib"] for b in args.beams)
             lines.append(f"| {r['model']} (`{r['run']}`) | {cells} | {peak:,.0f} |")
     return "\n".join(lines) + "\n"

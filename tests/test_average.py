@@ -5,19 +5,17 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from translate.average import average_run
-from translate.checkpoint import numbered_checkpoints, save_checkpoint
+from translate.checkpoint import keep_numbered, numbered_checkpoints, save_checkpoint
 from translate.config import EvalConfig, ModelConfig, TokenizerConfig, TrainConfig
 from translate.data.tokenizer import train_or_load
 from translate.evaluate import evaluate, load_run
 from translate.models import build_model
-from translate.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "ein eine der die das mann frau hund kind spielt läuft sitzt auf dem im park wasser roten blauen ball".split()
@@ -35,7 +33,13 @@ def run_dir(tmp_path_factory) -> Path:
     for i, step in enumerate((100, 200, 300)):
         torch.manual_seed(i)
         model = build_model(cfg.model, 40)
-        ckpt = {"model": model.state_dict(), "step": step, "config": OmegaConf.to_container(cfg), "vocab_size": 40, "epoch": i}
+        ckpt = {
+            "model": model.state_dict(),
+            "step": step,
+            "config": OmegaConf.to_container(cfg),
+            "vocab_size": 40,
+            "epoch": i,
+        }
         save_checkpoint(ckpt, run / f"step_{step}.pt")
     (run / "my.de").write_text("ein mann spielt\nder hund läuft im park\n")
     (run / "my.en").write_text("a man plays\nthe dog runs in the park\n")
@@ -63,7 +67,9 @@ def test_evaluate_and_load_run_accept_the_average(run_dir):
     parts = [torch.load(run_dir / f"step_{s}.pt", weights_only=True)["model"] for s in (100, 200, 300)]
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, sum(p[name] for p in parts) / 3, msg=name)
-    ec = OmegaConf.structured(EvalConfig(checkpoint="avg3", src=str(run_dir / "my.de"), ref=str(run_dir / "my.en"), beam_size=2))
+    ec = OmegaConf.structured(
+        EvalConfig(checkpoint="avg3", src=str(run_dir / "my.de"), ref=str(run_dir / "my.en"), beam_size=2)
+    )
     result = evaluate(run_dir, ec)
     assert result["checkpoint"] == "avg3" and result["step"] == 300 and result["sentences"] == 2
     assert result["decoding"]["search"] == "beam2" and result["decoding"]["length_penalty"] == 0.6
@@ -72,7 +78,9 @@ def test_evaluate_and_load_run_accept_the_average(run_dir):
 def test_average_command_line(run_dir, tmp_path):
     def cli(*args):
         command = [sys.executable, "-m", "translate.average", *args]
-        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
 
     done = cli(f"run={run_dir}", "last=5", "out=cli")
     assert done.returncode == 0, done.stderr
@@ -80,24 +88,27 @@ def test_average_command_line(run_dir, tmp_path):
     assert "only 3 numbered checkpoints" in done.stderr
     done = cli(f"run={tmp_path}")
     assert done.returncode != 0
-    assert done.stderr.strip() == f"error: {tmp_path}: no step_<N>.pt checkpoints; train with trainer.keep_last=5 to keep them"
+    assert (
+        done.stderr.strip()
+        == f"error: {tmp_path}: no step_<N>.pt checkpoints; train with trainer.keep_last=5 to keep them"
+    )
     assert not (tmp_path / ".hydra").exists() and not list(Path(ROOT).glob("average.log"))
 
 
 def test_trainer_keeps_the_newest_numbered_checkpoints(tmp_path):
-    def validate(trainer, step: int) -> None:  # what Trainer.validate does with checkpoints
-        trainer.step = step
-        save_checkpoint({"step": step}, tmp_path / "last.pt")
-        Trainer.save_numbered(trainer)
+    keep_last = 2
 
-    trainer = SimpleNamespace(run_dir=tmp_path, tc=SimpleNamespace(keep_last=2), save=None)
+    def validate(step: int) -> None:  # what Trainer.validate does with checkpoints
+        save_checkpoint({"step": step}, tmp_path / "last.pt")
+        keep_numbered(tmp_path, step, keep_last)
+
     for step in (10, 20, 30):
-        validate(trainer, step)
+        validate(step)
     assert [p.name for p in numbered_checkpoints(tmp_path)] == ["step_20.pt", "step_30.pt"]
     assert [torch.load(p, weights_only=True)["step"] for p in numbered_checkpoints(tmp_path)] == [20, 30]
-    validate(trainer, 30)  # e.g. validated again after a resume: replaced, not duplicated
+    validate(30)  # e.g. validated again after a resume: replaced, not duplicated
     assert [p.name for p in numbered_checkpoints(tmp_path)] == ["step_20.pt", "step_30.pt"]
 
-    trainer.tc.keep_last = 0
-    validate(trainer, 40)
+    keep_last = 0
+    validate(40)
     assert [p.name for p in numbered_checkpoints(tmp_path)] == ["step_20.pt", "step_30.pt"]

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from translate.config import ModelConfig, TrainerConfig
 from translate.loss import linear_cross_entropy, smoothed_cross_entropy
 from translate.models import build_model
-from translate.trainer import build_optimizer, heap_trimmer
+from translate.optim import build_optimizer
+from translate.runtime import heap_trimmer
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
@@ -59,7 +60,10 @@ def test_fused_output_layer_and_loss_equal_the_unfused(smoothing, chunk):
 def test_fused_loss_trains_a_tied_model_like_the_unfused(name):
     """Tied embeddings: the output layer's weight is the embedding, so its gradient has two sources."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, emb_dim=16, hidden_dim=24, attention_dim=8, d_model=16, heads=2, ff_dim=32, dropout=0.0), 40)
+    model = build_model(
+        ModelConfig(name=name, emb_dim=16, hidden_dim=24, attention_dim=8, d_model=16, heads=2, ff_dim=32, dropout=0.0),
+        40,
+    )
     src, tgt = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
     tgt[0, 3:] = 0
     grads = []

@@ -1,11 +1,76 @@
-"""Checkpoints: written atomically, read back with `weights_only=True`."""
+"""Checkpoints: written atomically, read back with `weights_only=True`.
+
+A training checkpoint (`last.pt`, `best.pt`, `step_<N>.pt`) holds, in format 2:
+
+    format        2
+    model         the model's state_dict
+    optimizer     the optimizer's state_dict
+    scheduler     the learning-rate schedule's state_dict
+    train_state   TrainState as a dict: counters, batch position, best score, patience, RNG states
+    config        the resolved training config (a dict)
+    vocab_size    the tokenizer's vocabulary size
+
+Format 1 (before the TrainState) kept the train_state fields at the top level; it still loads.
+"""
 
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+
+FORMAT = 2
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights, optimizer and schedule that decides a run's next step."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # position in this epoch's batch order
+    best_bleu: float = -1.0
+    bad_validations: int = 0  # validations since the best one (patience)
+    train_seconds: float = 0.0
+    valid_seconds: float = 0.0
+    tokens_trained: int = 0
+    rng: dict = field(default_factory=dict)  # translate.runtime.rng_states() at the time of saving
+
+    def record_validation(self, bleu: float) -> bool:
+        """Keep the best BLEU and count the validations since it (patience); True if this one is the best."""
+        improved = bleu > self.best_bleu
+        self.best_bleu, self.bad_validations = (bleu, 0) if improved else (self.best_bleu, self.bad_validations + 1)
+        return improved
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "TrainState":
+        saved = ckpt.get("train_state")
+        if saved is None:  # format 1: the fields at the top level, the RNG states as torch_rng and python_rng
+            saved = {**ckpt, "rng": {key: ckpt[key] for key in ("torch_rng", "python_rng") if key in ckpt}}
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+def training_checkpoint(model, optimizer, scheduler, state: TrainState, config: dict, vocab_size: int) -> dict:
+    """The checkpoint dict of a training run (layout above)."""
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "train_state": asdict(state),
+        "config": config,
+        "vocab_size": vocab_size,
+    }
+
+
+def restore_training(ckpt: dict, model, optimizer, scheduler) -> TrainState:
+    """Load weights, optimizer and schedule from a training checkpoint into the objects given; return its TrainState."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return TrainState.from_checkpoint(ckpt)
 
 
 class CheckpointError(FileNotFoundError):
@@ -56,6 +121,16 @@ def numbered_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(paths, key=lambda p: int(p.stem[len("step_") :]))
 
 
+def keep_numbered(run_dir: str | Path, step: int, keep_last: int) -> None:
+    """step_<N>.pt, the state just saved as last.pt, keeping the newest `keep_last` of them (0: none)."""
+    if keep_last <= 0:
+        return
+    run_dir = Path(run_dir)
+    link_checkpoint(run_dir / "last.pt", run_dir / f"step_{step}.pt")
+    for old in numbered_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     """`best` / `last` inside a run directory, or an explicit path."""
     run_dir = Path(run_dir)
@@ -63,5 +138,7 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
         raise CheckpointError(f"{run_dir}: run directory not found; pass RUN=<a directory written by make train>")
     path = Path(which) if which.endswith(".pt") else run_dir / f"{which}.pt"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here; train first (make train) or choose eval.checkpoint=last|best|<file.pt>")
+        raise CheckpointError(
+            f"{path}: no checkpoint here; train first (make train) or choose eval.checkpoint=last|best|<file.pt>"
+        )
     return path

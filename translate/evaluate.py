@@ -2,9 +2,10 @@
 
 Decodes the test split (or any pair of plain-text files), detokenizes, and
 scores with sacreBLEU against the raw references: BLEU with its signature,
-chrF, and BLEU per source-length bucket, on the set and on its long-sentence probe.
-Writes <run>/eval/<name>.json, the hypotheses as <run>/eval/<name>.hyp, the probe as
-<name>_probe.{src,ref,hyp}, and TensorBoard scalars into the run.
+chrF, loss and perplexity, and BLEU per source-length bucket, on the set and on its
+long-sentence probe.  Writes into <run>/eval/: <name>.json, the hypotheses <name>.hyp, the
+probe <name>_probe.{src,ref,hyp}, the figure <name>_bleu_by_length.png; and into the run's
+TensorBoard the scores, sample translations, attention images and the same figure.
 """
 
 import json
@@ -18,15 +19,17 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from translate.checkpoint import find_checkpoint, load_checkpoint
+from translate.checkpoint import TrainState, find_checkpoint, load_checkpoint
 from translate.config import register_configs, train_config
 from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
 from translate.data.probe import long_sentence_probe
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from translate.metrics import bleu_by_length, corpus_scores
 from translate.models import build_model
+from translate.plots import bleu_by_length_figure, plt
+from translate.runtime import resolve_device
 from translate.search import translate_ids
-from translate.trainer import resolve_device
+from translate.validate import attention_images, validate, write_validation
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -80,8 +83,11 @@ def write_lines(path: Path, lines: list[str]) -> None:
 def evaluate(run_dir: str | Path, ec) -> dict:
     run_dir = Path(run_dir)
     model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
+    step = TrainState.from_checkpoint(ckpt).step
     name, pairs = evaluation_pairs(cfg, ec)
-    hypotheses = translate_texts(model, tokenizer, pairs.src, ec)[:: ec.n_best]  # the best of each n-best list
+    with tqdm(total=len(pairs), desc="decoding", dynamic_ncols=True) as bar:
+        scored = validate(model, tokenizer, pairs, cfg.trainer.loss_chunk, decoding=decoding_options(ec), progress=bar)
+    hypotheses = scored.hypotheses
     probe = None
     if ec.probe_k > 1:
         probe_pairs, _ = long_sentence_probe(pairs, ec.probe_k, ec.probe_per_k)
@@ -91,13 +97,15 @@ def evaluate(run_dir: str | Path, ec) -> dict:
             "per_k": ec.probe_per_k,
             "sentences": len(probe_pairs),
             **corpus_scores(probe_hyps, probe_pairs.tgt),
-            "bleu_by_length": bleu_by_length(probe_pairs.src, probe_hyps, probe_pairs.tgt, list(ec.probe_length_buckets)),
+            "bleu_by_length": bleu_by_length(
+                probe_pairs.src, probe_hyps, probe_pairs.tgt, list(ec.probe_length_buckets)
+            ),
         }
     result = {
         "run": str(run_dir),
         "model": cfg.model.name,
         "checkpoint": ec.checkpoint,
-        "step": ckpt["step"],
+        "step": step,
         "name": name,
         "src_lang": cfg.data.src_lang,
         "tgt_lang": cfg.data.tgt_lang,
@@ -110,7 +118,9 @@ def evaluate(run_dir: str | Path, ec) -> dict:
             "max_len_ratio": ec.max_len_ratio,
             "max_len_offset": ec.max_len_offset,
         },
-        **corpus_scores(hypotheses, pairs.tgt),
+        **scored.scores,
+        "loss": round(scored.loss, 4),
+        "ppl": round(scored.ppl, 2),
         "bleu_by_length": bleu_by_length(pairs.src, hypotheses, pairs.tgt, list(ec.length_buckets)),
         "probe": probe,
     }
@@ -121,15 +131,25 @@ def evaluate(run_dir: str | Path, ec) -> dict:
         for suffix, lines in (("src", probe_pairs.src), ("ref", probe_pairs.tgt), ("hyp", probe_hyps)):
             write_lines(out / f"{name}_probe.{suffix}", lines)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    figure = length_figure(result)
+    figure.savefig(out / f"{name}_bleu_by_length.png", dpi=110)
+    images = attention_images(model, tokenizer, scored, cfg.trainer.attention_maps, None, f"{name}, step {step}")
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        writer.add_scalar(f"eval/{name}/bleu", result["bleu"], ckpt["step"])
-        writer.add_scalar(f"eval/{name}/chrf", result["chrf"], ckpt["step"])
-        for prefix, buckets in ((name, result["bleu_by_length"]), (f"{name}_probe", (probe or {}).get("bleu_by_length", []))):
-            for b in buckets:
-                if b["bleu"] is not None:
-                    tag = f"eval/{prefix}/bleu_by_length/{b['min_words']:03d}-{b['max_words']:03d}"
-                    writer.add_scalar(tag, b["bleu"], ckpt["step"])
+        write_validation(writer, f"eval/{name}", step, scored, pairs, cfg.trainer.num_samples, images)
+        writer.add_figure(f"eval/{name}/bleu_by_length", figure, step)
+    plt.close("all")
     return result
+
+
+def length_figure(result: dict):
+    """The run's BLEU by source length: the evaluated set and, if scored, its long-sentence probe."""
+    label = f"{result['model']} step {result['step']}, {result['decoding']['search']}"
+    panels = [(f"{result['name']} ({result['sentences']} sentences)", [(label, result["bleu_by_length"])])]
+    if result["probe"]:
+        panels.append(
+            (f"long-sentence probe (k = 1..{result['probe']['k_max']})", [(label, result["probe"]["bleu_by_length"])])
+        )
+    return bleu_by_length_figure(panels)
 
 
 def _bucket_lines(buckets: list[dict]) -> list[str]:
@@ -139,15 +159,20 @@ def _bucket_lines(buckets: list[dict]) -> list[str]:
 
 def format_result(result: dict) -> str:
     lines = [
-        f"{result['name']}: {result['sentences']} sentences, {result['model']} step {result['step']}, {result['decoding']['search']}",
+        f"{result['name']}: {result['sentences']} sentences, {result['model']} step {result['step']}, "
+        f"{result['decoding']['search']}",
         f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})",
         f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})",
+        f"loss {result['loss']:.3f}  perplexity {result['ppl']:.2f}  (teacher forced, per target token)",
         "BLEU by source length (words):",
         *_bucket_lines(result["bleu_by_length"]),
     ]
     if result.get("probe"):
         probe = result["probe"]
-        lines.append(f"long-sentence probe (k = 1..{probe['k_max']} consecutive pairs joined): BLEU {probe['bleu']:.2f}, by length:")
+        lines.append(
+            f"long-sentence probe (k = 1..{probe['k_max']} consecutive pairs joined): "
+            f"BLEU {probe['bleu']:.2f}, by length:"
+        )
         lines += _bucket_lines(probe["bleu_by_length"])
     return "\n".join(lines)
 

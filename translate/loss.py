@@ -3,6 +3,7 @@
     smoothed_cross_entropy(logits, target, ε, pad)               from logits (N, V) already computed
     linear_cross_entropy(features, weight, target, ε, pad, chunk) the output layer and the loss fused,
                                                                    `chunk` targets at a time
+    sequence_loss(model, batch, ε, pad, chunk)                    a teacher-forced batch through a model
 
 Both return (loss, nll) summed over non-padding targets, loss = (1-ε)·nll + ε·mean_v(-log p_v), the
 value of F.cross_entropy(..., label_smoothing=ε, reduction="sum").  The fused form never holds the
@@ -74,3 +75,13 @@ def linear_cross_entropy(features, weight, target, smoothing: float, ignore_inde
     """features (N, D), weight (V, D), target (N,) -> (loss, nll): the output layer W h and smoothed_cross_entropy,
     fused and `chunk` targets at a time, so the (N, V) logits never exist whole."""
     return LinearCrossEntropy.apply(features, weight, target, smoothing, ignore_index, chunk, torch.is_grad_enabled())
+
+
+def sequence_loss(model, batch, smoothing: float, ignore_index: int, chunk: int, features=None):
+    """A teacher-forced batch's (loss, nll), summed over its target tokens, through the model's features and
+    generator (fused chunk by chunk when `chunk` > 0).  `features` replaces model.features (e.g. compiled)."""
+    features = (features or model.features)(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)  # (N, D)
+    target = batch.tgt_out.flatten()
+    if chunk:
+        return linear_cross_entropy(features, model.generator.weight, target, smoothing, ignore_index, chunk)
+    return smoothed_cross_entropy(model.generator(features), target, smoothing, ignore_index)

@@ -1,4 +1,4 @@
-"""Figures shared by training, evaluation and the translate command (matplotlib, no display needed)."""
+"""Figures shared by training, evaluation, the report and the translate command (matplotlib, no display needed)."""
 
 import matplotlib
 
@@ -14,5 +14,26 @@ def attention_figure(weights, src_tokens: list[str], tgt_tokens: list[str], titl
     ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=8)
     ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=8)
     ax.set(xlabel="source", ylabel="target", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def bucket_label(bucket: dict) -> str:
+    return f"{bucket['min_words']}+" if bucket["max_words"] >= 999 else f"{bucket['min_words']}-{bucket['max_words']}"
+
+
+def bleu_by_length_figure(panels: list[tuple[str, list[tuple[str, list[dict]]]]]):
+    """BLEU against source length: one panel per (title, [(curve name, buckets of metrics.bleu_by_length), …]),
+    one curve per name; all curves of a panel share its buckets."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for name, buckets in curves:
+            points = [(i, b["bleu"]) for i, b in enumerate(buckets) if b["bleu"] is not None]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        first = curves[0][1]
+        ax.set_xticks(range(len(first)), [f"{bucket_label(b)}\n(n={b['sentences']})" for b in first], fontsize=8)
+        ax.set(title=title, xlabel="source sentence length (words)", ylabel="BLEU")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     return fig

@@ -14,14 +14,19 @@ from hydra.experimental.callback import Callback
 from torch.utils.tensorboard import SummaryWriter
 
 from translate.metrics import bleu_statistics, lead_growth_interval, length_bucket
-from translate.plots import plt
+from translate.plots import bleu_by_length_figure, bucket_label, plt
 
 
 def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
     summary, result = run_dir / "train_summary.json", run_dir / "eval" / f"{eval_name}.json"
     if not (summary.exists() and result.exists()):
         return None
-    return {"run": str(run_dir), "name": run_dir.name, **json.loads(summary.read_text()), "eval": json.loads(result.read_text())}
+    return {
+        "run": str(run_dir),
+        "name": run_dir.name,
+        **json.loads(summary.read_text()),
+        "eval": json.loads(result.read_text()),
+    }
 
 
 MIN_BUCKET = 10  # sentences a bucket needs to count in the drop; smaller ones are too noisy
@@ -35,7 +40,11 @@ def bleu_drop(buckets: list[dict]) -> float | None:
 
 def scored_ends(buckets: list[dict], baseline: list[dict]) -> tuple[int, int] | None:
     """Indices of the shortest and the longest bucket that both runs score with MIN_BUCKET+ sentences."""
-    ok = [i for i, (b, a) in enumerate(zip(buckets, baseline)) if b["sentences"] >= MIN_BUCKET and None not in (b["bleu"], a["bleu"])]
+    ok = [
+        i
+        for i, (b, a) in enumerate(zip(buckets, baseline))
+        if b["sentences"] >= MIN_BUCKET and None not in (b["bleu"], a["bleu"])
+    ]
     return (ok[0], ok[-1]) if len(ok) > 1 else None
 
 
@@ -64,7 +73,9 @@ def probe_lead_growth(row: dict, baseline: dict) -> dict | None:
         return None
     src, ref, hyp = texts
     short, long = (length_bucket(src, buckets[e]["min_words"], buckets[e]["max_words"] + 1) for e in ends)
-    growth, low, high = lead_growth_interval(bleu_statistics(hyp, ref), bleu_statistics(base_texts[2], ref), short, long)
+    growth, low, high = lead_growth_interval(
+        bleu_statistics(hyp, ref), bleu_statistics(base_texts[2], ref), short, long
+    )
     return {"baseline": baseline["name"], "growth": growth, "ci95": [low, high]}
 
 
@@ -108,10 +119,6 @@ def gap_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _bucket_label(b: dict) -> str:
-    return f"{b['min_words']}+" if b["max_words"] >= 999 else f"{b['min_words']}-{b['max_words']}"
-
-
 def markdown(rows: list[dict]) -> str:
     first = rows[0]["eval"]
     lines = [
@@ -135,12 +142,16 @@ def markdown(rows: list[dict]) -> str:
             continue
         if key:
             p = rows[0]["eval"]["probe"]
-            lines.append(f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive test pairs joined")
+            lines.append(
+                f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive test pairs joined"
+            )
         else:
             lines.append(f"## BLEU by source length (words), {title}")
         lines += [
             "",
-            "| run | " + " | ".join(_bucket_label(b) for b in buckets[0]) + f" | drop shortest→longest (buckets of {MIN_BUCKET}+) |",
+            "| run | "
+            + " | ".join(bucket_label(b) for b in buckets[0])
+            + f" | drop shortest→longest (buckets of {MIN_BUCKET}+) |",
         ]
         lines.append("|---|" + "---:|" * (len(buckets[0]) + 1))
         lines.append("| sentences | " + " | ".join(str(b["sentences"]) for b in buckets[0]) + " | |")
@@ -154,20 +165,15 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path):
     """BLEU against source length, one curve per run; one panel per test set (natural, probe)."""
-    panels = [("test set", [r["eval"]["bleu_by_length"] for r in rows])]
+    panels = [("test set", [(r["name"], r["eval"]["bleu_by_length"]) for r in rows])]
     if all(r["eval"].get("probe") for r in rows):
-        panels.append(("long-sentence probe (joined test pairs)", [r["eval"]["probe"]["bleu_by_length"] for r in rows]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
-    for ax, (title, per_run) in zip(axes[0], panels):
-        for r, buckets in zip(rows, per_run):
-            pts = [(i, b["bleu"]) for i, b in enumerate(buckets) if b["bleu"] is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["name"])
-        labels = [f"{_bucket_label(b)}\n(n={b['sentences']})" for b in per_run[0]]
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.set(title=title, xlabel="source sentence length (words)", ylabel="BLEU")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+        panels.append(
+            (
+                "long-sentence probe (joined test pairs)",
+                [(r["name"], r["eval"]["probe"]["bleu_by_length"]) for r in rows],
+            )
+        )
+    fig = bleu_by_length_figure(panels)
     fig.savefig(path, dpi=110)
     return fig
 
@@ -176,7 +182,9 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
     rows = [r for r in (load_run_results(Path(d)) for d in run_dirs) if r]
     missing = sorted(set(map(str, run_dirs)) - {r["run"] for r in rows})
     if not rows:
-        raise FileNotFoundError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
+        raise FileNotFoundError(
+            f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first"
+        )
     out.mkdir(parents=True, exist_ok=True)
     baseline = fixed_vector_baseline(rows)
     for r in rows:
@@ -184,7 +192,9 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
         r["drop_probe"] = bleu_drop(_length_buckets(r, "probe"))
         if baseline is not None and r is not baseline:
             r["probe_lead_growth"] = probe_lead_growth(r, baseline)
-    (out / "report.md").write_text(markdown(rows) + ("\n_Not finished: " + ", ".join(missing) + "_\n" if missing else ""))
+    (out / "report.md").write_text(
+        markdown(rows) + ("\n_Not finished: " + ", ".join(missing) + "_\n" if missing else "")
+    )
     (out / "report.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     fig = plot(rows, out / "bleu_vs_length.png")
     for target in [out] + [Path(r["run"]) for r in rows]:

@@ -2,9 +2,11 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,7 +44,8 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     if changed:
         raise ValueError(
             f"{run_dir} holds a run with other settings: {', '.join(changed)}; "
-            "remove that directory or write elsewhere (hydra.sweep.dir=… for make compare, hydra.run.dir=… for make train)"
+            "remove that directory or write elsewhere "
+            "(hydra.sweep.dir=… for make compare, hydra.run.dir=… for make train)"
         )
 
 
@@ -53,16 +56,42 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = Trainer(cfg, run_dir)
     trainer.fit()
     trainer.writer.close()
-    summary = trainer.summary()
+    summary = run_summary(trainer)
     (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    minutes, state = summary["train_minutes"], trainer.state
     log.info(
         "done: best valid BLEU %.2f after %d steps, %.1f min; run directory %s",
-        trainer.best_bleu,
-        trainer.step,
-        summary["train_minutes"],
+        state.best_bleu,
+        state.step,
+        minutes,
         run_dir,
     )
     return summary
+
+
+def run_summary(trainer: Trainer) -> dict:
+    """What a comparison reports about a training run."""
+    state = trainer.state
+    step_seconds = max(state.train_seconds - state.valid_seconds, 1e-9)
+    return {
+        "model": trainer.cfg.model.name,
+        "parameters": trainer.num_parameters,
+        "steps": state.step,
+        "epochs": round(state.epoch + state.batch_in_epoch / len(trainer.epoch_batches()), 2),
+        "train_minutes": round(state.train_seconds / 60, 2),
+        "valid_minutes": round(state.valid_seconds / 60, 2),
+        "target_tokens": state.tokens_trained,
+        "tokens_per_s": round(state.tokens_trained / step_seconds, 1),
+        "best_valid_bleu": state.best_bleu,
+        "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def next_commands(run_dir: Path) -> str:
+    """What to run on a finished run: its evaluation and TensorBoard, as commands to copy."""
+    path = os.path.relpath(run_dir) if Path.cwd() in run_dir.resolve().parents else str(run_dir)
+    return f"next:\n  make eval RUN={path}\n  make tensorboard    # then open http://localhost:6006"
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="train")
@@ -79,6 +108,7 @@ def main(cfg: DictConfig) -> None:
         train(cfg, run_dir)
     if cfg.evaluate and not (run_dir / "eval" / "test.json").exists():
         print(format_result(evaluate(run_dir, cfg.eval)))
+    print(next_commands(run_dir))
 
 
 if __name__ == "__main__":

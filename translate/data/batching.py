@@ -23,7 +23,14 @@ class Batch:
 
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.src), move(self.src_mask), move(self.tgt_in), move(self.tgt_out), self.indices, self.num_tgt_tokens)
+        return Batch(
+            move(self.src),
+            move(self.src_mask),
+            move(self.tgt_in),
+            move(self.tgt_out),
+            self.indices,
+            self.num_tgt_tokens,
+        )
 
 
 def pad(sequences: list[list[int]], value: int = PAD) -> torch.Tensor:
@@ -59,7 +66,9 @@ def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def bucketed_batch_order(lengths: list[int], batch_tokens: int, seed: int, epoch: int, pool_batches: int = 100) -> list[list[int]]:
+def bucketed_batch_order(
+    lengths: list[int], batch_tokens: int, seed: int, epoch: int, pool_batches: int = 100
+) -> list[list[int]]:
     """Shuffled batches of similar-length sentences, fixed by (seed, epoch).
 
     Shuffle all indices, sort within pools of roughly `pool_batches` batches by
@@ -95,3 +104,17 @@ def sorted_batch_order(lengths: list[int], batch_tokens: int) -> list[list[int]]
     """Batches for decoding: sorted by length (least padding); callers restore the order."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [[order[j] for j in b] for b in token_batches([lengths[i] for i in order], batch_tokens)]
+
+
+def training_batches(lengths: list[int], batch_tokens: int, concat_prob: float, concat_max: int, seed: int, epoch: int):
+    """One epoch's batches of training examples — tuples of pair indices joined into one example (see
+    concatenation_plan) — bucketed by length; fixed by (seed, epoch), so a resumed run replays them exactly."""
+    plan = concatenation_plan(len(lengths), concat_prob, concat_max, seed, epoch)
+    example_lengths = [sum(lengths[i] for i in example) for example in plan]
+    return [[plan[j] for j in batch] for batch in bucketed_batch_order(example_lengths, batch_tokens, seed, epoch)]
+
+
+def collate_examples(src: list[list[int]], tgt: list[list[int]], examples: list[tuple[int, ...]]) -> Batch:
+    """A batch of training examples, each the pairs it names joined (source to source, target to target)."""
+    join = lambda side, example: [t for i in example for t in side[i]]  # noqa: E731
+    return collate([join(src, e) for e in examples], [join(tgt, e) for e in examples], [e[0] for e in examples])

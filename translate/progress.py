@@ -1,0 +1,53 @@
+"""What the training loop shows while it runs: the mean loss since the last report, target tokens/s, the learning
+rate and gradient norm, as TensorBoard scalars, on the progress bar and, every tenth report, in the log."""
+
+import logging
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class TrainingProgress:
+    """Sums the training NLL on the device between reports, so the loop syncs with the host only when it reports."""
+
+    def __init__(self, writer, device: torch.device):
+        self.writer, self.device = writer, device
+        self.bar = None
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.nll, self.tokens, self.since = torch.zeros((), device=self.device), 0, now
+
+    def epoch(self, epoch: int, batches: int, done: int) -> tqdm:
+        self.bar = tqdm(total=batches, initial=done, desc=f"epoch {epoch + 1}", dynamic_ncols=True, mininterval=1.0)
+        return self.bar
+
+    def add(self, nll: torch.Tensor, tokens: int) -> None:
+        self.nll += nll
+        self.tokens += tokens
+        self.bar.update(1)
+
+    def report(self, step: int, epoch: int, lr: float, grad_norm: torch.Tensor, loud: bool, kept_step: int) -> None:
+        """Scalars for `step`; a non-finite loss stops training (last.pt keeps `kept_step`)."""
+        now = time.perf_counter()
+        loss = self.nll.item() / max(1, self.tokens)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {step}; lower trainer.lr or set trainer.clip_norm "
+                f"(last.pt keeps step {kept_step})"
+            )
+        tokens_per_s = self.tokens / max(now - self.since, 1e-9)
+        for tag, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tokens_per_s), ("grad_norm", float(grad_norm))):
+            self.writer.add_scalar(f"train/{tag}", value, step)
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        if loud:
+            log.info("step %d epoch %d loss %.3f lr %.2e %.0f target tok/s", step, epoch + 1, loss, lr, tokens_per_s)
+        self._reset(now)
