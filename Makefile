@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# the environment is a target: built when missing, rebuilt when pyproject.toml is newer than it
+ENV    := $(VENV)/.installed
 HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 OUT ?= runs/report
@@ -18,50 +20,59 @@ LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.precisio
 	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop" \
 	"model=rnn_attention_ref trainer.loss_chunk=0"
 
-.PHONY: install train eval translate average compare report bench levers tensorboard test lint clean
+.PHONY: help install train eval translate average compare report bench levers tensorboard test lint clean
+.DEFAULT_GOAL := help
 
-install:  ## virtualenv + the package; TORCH=torch for your platform's default (CUDA) build
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | expand -t 14
+
+$(ENV): pyproject.toml
+	@echo "setting up $(VENV) (PyTorch: $(TORCH))"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
 
-train:  ## train the default model (Transformer, Multi30k de->en); any Hydra override
+install:  ## (re)build the environment; TORCH=torch for your platform's default (CUDA) build
+	$(MAKE) --no-print-directory --always-make $(ENV)
+
+train: $(ENV)  ## train the default model (Transformer, Multi30k de->en); any Hydra override
 	$(PY) -m translate.train $(HYDRA_ARGS)
 
-eval:  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
+eval: $(ENV)  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
 	$(PY) -m translate.evaluate run=$(RUN) $(HYDRA_ARGS)
 
-translate:  ## make translate RUN=<run dir> [eval.beam_size=5] [attention=a.png] < in.txt > out.txt
+translate: $(ENV)  ## make translate RUN=<run dir> [eval.beam_size=5] [attention=a.png] < in.txt > out.txt
 	@test -n "$(RUN)" || { echo "usage: make translate RUN=<run dir> [eval.beam_size=5] [attention=out.png] < in.txt > out.txt" >&2; exit 2; }
 	@$(PY) -m translate.translate run=$(RUN) $(HYDRA_ARGS)
 
-average:  ## make average RUN=<run dir> [last=5] [out=averaged]: mean weights of the newest numbered checkpoints
+average: $(ENV)  ## make average RUN=<run dir> [last=5] [out=averaged]: mean weights of the newest numbered checkpoints
 	@test -n "$(RUN)" || { echo "usage: make average RUN=<run dir> [last=5] [out=averaged]"; exit 2; }
 	$(PY) -m translate.average run=$(RUN) $(HYDRA_ARGS)
 
-compare:  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report
+compare: $(ENV)  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report
 	$(PY) -m translate.train +experiment=$(EXPERIMENT) $(HYDRA_ARGS)
 
-report:  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from finished runs
+report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from finished runs
 	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report]'; exit 2; }
 	$(PY) -m translate.report $(RUNS) --out $(OUT)
 
-bench:  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/benchmark.{md,json}
+bench: $(ENV)  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/benchmark.{md,json}
 	$(PY) scripts/benchmark.py $(RUNS)
 
-levers:  ## each speed lever on and off (docs/performance.md) -> docs/levers.{md,json}, docs/levers_train.{md,json}
+levers: $(ENV)  ## each speed lever on and off (docs/performance.md) -> docs/levers.{md,json}, docs/levers_train.{md,json}
 	$(PY) scripts/levers.py
 	$(PY) scripts/benchmark.py --out docs/levers_train --train $(LEVER_SETTINGS)
 
-tensorboard:  ## serve every run under runs/
+tensorboard: $(ENV)  ## serve every run under runs/
 	$(VENV)/bin/tensorboard --logdir runs --bind_all
 
-test:
+test: $(ENV)  ## the test suite
 	$(PY) -m pytest -q
 
-lint:
+lint: $(ENV)  ## ruff: lint and format check
 	$(VENV)/bin/ruff check translate tests scripts
 	$(VENV)/bin/ruff format --check translate tests scripts
 

@@ -21,7 +21,9 @@ def time_to_bleu(run: Path) -> list[dict]:
     by_step = [e for e in events.Scalars("valid/bleu")]
     by_second = [e for e in events.Scalars("valid/bleu_by_train_second")]
     if len(by_step) != len(by_second):
-        raise ValueError(f"{run}: {len(by_step)} valid/bleu points but {len(by_second)} by training second; was the run resumed?")
+        raise ValueError(
+            f"{run}: {len(by_step)} valid/bleu points but {len(by_second)} by training second; was the run resumed?"
+        )
     return [{"minutes": s.step / 60, "step": b.step, "bleu": b.value} for b, s in zip(by_step, by_second)]
 
 

@@ -51,4 +51,6 @@ def test_concatenation_plan():
     assert [e[0] for e in plan] == list(range(2000))
     joined = [e for e in plan if len(e) > 1]
     assert 0.25 < len(joined) / 2000 < 0.35 and max(map(len, joined)) == 4 and min(map(len, joined)) == 2
-    assert plan == concatenation_plan(2000, 0.3, 4, seed=1, epoch=0) != concatenation_plan(2000, 0.3, 4, seed=1, epoch=1)
+    assert (
+        plan == concatenation_plan(2000, 0.3, 4, seed=1, epoch=0) != concatenation_plan(2000, 0.3, 4, seed=1, epoch=1)
+    )

@@ -77,7 +77,11 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
         assert r["eval"]["probe"]["sentences"] == 24 and r["eval"]["bleu_signature"].startswith("nrefs:1")
         assert sum(b["sentences"] for b in r["eval"]["bleu_by_length"]) == 40
     text = (report / "report.md").read_text()
-    assert "| rnn_attention | rnn_attention |" in text and "long-sentence probe" in text and "drop shortest→longest" in text
+    assert (
+        "| rnn_attention | rnn_attention |" in text
+        and "long-sentence probe" in text
+        and "drop shortest→longest" in text
+    )
     assert "BLEU above `rnn`" in text
     assert Image.open(report / "bleu_vs_length.png").size[0] > 500
     acc = EventAccumulator(str(sweep / "rnn" / "tensorboard"))
@@ -96,10 +100,23 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
 
 
 def test_an_override_gets_its_own_comparison_directory(tmp_path):
-    """The sweeper rewrites 3e-3 as 0.003 in each job's overrides; the sweep and its job must still name one directory."""
-    args = [sys.executable, "-m", "translate.train", "+experiment=bottleneck", *TINY, "hydra.sweeper.params.model=rnn", "trainer.lr=3e-3"]
+    """The sweeper rewrites 3e-3 as 0.003 in each job's overrides; the sweep and its job must still name one
+    directory."""
+    args = [
+        sys.executable,
+        "-m",
+        "translate.train",
+        "+experiment=bottleneck",
+        *TINY,
+        "hydra.sweeper.params.model=rnn",
+        "trainer.lr=3e-3",
+    ]
     done = subprocess.run(
-        [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     [sweep] = (tmp_path / "runs" / "compare").iterdir()
@@ -109,7 +126,11 @@ def test_an_override_gets_its_own_comparison_directory(tmp_path):
     # the same directory with another learning rate: refused, not skipped as finished
     args[-1] = f"hydra.sweep.dir={sweep}"
     again = subprocess.run(
-        [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [*args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert again.returncode != 0 and "trainer.lr=0.003 (now 0.002)" in again.stderr, again.stderr[-3000:]
 
@@ -133,11 +154,18 @@ def test_gap_to_the_plain_rnn_per_length():
     def row(name, test, probe):
         sizes = [400, 300, 50, 5]
         bucket = lambda bleus: [{"bleu": b, "sentences": n} for b, n in zip(bleus, sizes)]  # noqa: E731
-        return {"name": name, "model": name, "eval": {"bleu_by_length": bucket(test), "probe": {"bleu_by_length": bucket(probe)}}}
+        return {
+            "name": name,
+            "model": name,
+            "eval": {"bleu_by_length": bucket(test), "probe": {"bleu_by_length": bucket(probe)}},
+        }
 
     rnn = row("rnn", [20, 15, 10, 1], [20, 10, 4, 0])
     attention = row("rnn_attention", [30, 28, 26, 90], [30, 25, 20, 90])
-    assert gap_to_baseline(attention["eval"]["bleu_by_length"], rnn["eval"]["bleu_by_length"]) == (10, 16)  # 5-sentence bucket ignored
+    assert gap_to_baseline(attention["eval"]["bleu_by_length"], rnn["eval"]["bleu_by_length"]) == (
+        10,
+        16,
+    )  # 5-sentence bucket ignored
     lines = gap_lines([rnn, attention])
     assert "| rnn_attention | +10.00 | +16.00 | +10.00 | +16.00 | yes |" in lines  # no probe texts: no interval
     assert gap_lines([attention]) == []
@@ -158,7 +186,11 @@ def test_lead_growth_has_a_paired_bootstrap_interval(tmp_path):
         for suffix, lines in (("src", src), ("ref", ref), ("hyp", hyps)):
             (tmp_path / name / "eval").mkdir(parents=True, exist_ok=True)
             write_lines(tmp_path / name / "eval" / f"test_probe.{suffix}", lines)
-        return {"run": str(tmp_path / name), "name": name, "eval": {"name": "test", "probe": {"bleu_by_length": buckets}}}
+        return {
+            "run": str(tmp_path / name),
+            "name": name,
+            "eval": {"name": "test", "probe": {"bleu_by_length": buckets}},
+        }
 
     half_right = [r if i % 2 else "x y z" for i, r in enumerate(ref)]
     rnn = run("rnn", half_right[:30] + ["x y z"] * 30)  # half right on short inputs, nothing on long ones

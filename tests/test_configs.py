@@ -1,4 +1,4 @@
-"""The pinned reference architectures of docs/performance.md, the defaults relative to them, and experiment directories."""
+"""The pinned reference architectures of docs/performance.md, the defaults relative to them, experiment directories."""
 
 import pytest
 from conftest import CONFIGS, compose_train
@@ -16,7 +16,15 @@ def test_defaults_are_the_reference_architectures(model):
 def test_reference_transformer_is_the_joeynmt_baseline():
     cfg = compose_train(["model=transformer_ref"])
     m = cfg.model
-    assert (m.enc_layers, m.dec_layers, m.d_model, m.heads, m.ff_dim, m.dropout, m.tie_embeddings) == (3, 3, 256, 4, 1024, 0.1, True)
+    assert (m.enc_layers, m.dec_layers, m.d_model, m.heads, m.ff_dim, m.dropout, m.tie_embeddings) == (
+        3,
+        3,
+        256,
+        4,
+        1024,
+        0.1,
+        True,
+    )
     assert cfg.trainer.batch_tokens == 4096 and cfg.data.tokenizer.vocab_size == 8000
 
 
@@ -25,8 +33,14 @@ def test_reference_transformer_is_the_joeynmt_baseline():
     [
         (["+experiment=bottleneck"], "multi30k_de-en_800steps_concat0.5"),
         (["+experiment=bottleneck", "trainer.max_steps=1600", "model=rnn"], "multi30k_de-en_1600steps_concat0.5"),
-        (["+experiment=bottleneck", "trainer.lr=2e-3", "data.dir=/a"], "multi30k_de-en_800steps_concat0.5_data.dir=_a,trainer.lr=0.002"),
-        (["+experiment=attention_scorers", "model.attention=dot", "trainer.seed=2"], "scorers_multi30k_de-en_400steps_trainer.seed=2"),
+        (
+            ["+experiment=bottleneck", "trainer.lr=2e-3", "data.dir=/a"],
+            "multi30k_de-en_800steps_concat0.5_data.dir=_a,trainer.lr=0.002",
+        ),
+        (
+            ["+experiment=attention_scorers", "model.attention=dot", "trainer.seed=2"],
+            "scorers_multi30k_de-en_400steps_trainer.seed=2",
+        ),
     ],
 )
 def test_comparison_directory_names_every_changed_setting(overrides, sweep_dir):

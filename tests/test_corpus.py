@@ -8,7 +8,15 @@ import pytest
 
 from translate.config import DataConfig
 from translate.data import corpus
-from translate.data.corpus import CorpusError, Pairs, download_file, filter_training_pairs, load_corpus, read_lines, read_pair_files
+from translate.data.corpus import (
+    CorpusError,
+    Pairs,
+    download_file,
+    filter_training_pairs,
+    load_corpus,
+    read_lines,
+    read_pair_files,
+)
 
 
 def write(path, text: str | bytes):
@@ -120,7 +128,9 @@ def saved_dataset(tmp_path):
     import datasets
 
     def split(n):
-        return datasets.Dataset.from_dict({"translation": [{"de": f" satz {i} ", "en": f"sentence {i}"} for i in range(n)]})
+        return datasets.Dataset.from_dict(
+            {"translation": [{"de": f" satz {i} ", "en": f"sentence {i}"} for i in range(n)]}
+        )
 
     path = tmp_path / "hub-fixture"
     datasets.DatasetDict({"train": split(6), "validation": split(2), "test": split(3)}).save_to_disk(str(path))

@@ -27,7 +27,9 @@ MODELS = list(CONFIGS)
 
 def _sentences(n: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(4, V, (int(torch.randint(2, 10, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return [
+        torch.randint(4, V, (int(torch.randint(2, 10, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -94,7 +96,9 @@ def test_beam_does_not_depend_on_batch_or_padding(name):
     model, (src, mask, max_len) = _model(name), _batch(extra_padding=3)
     together = beam_search(model, src, mask, BOS, EOS, max_len, beam_size=5, alpha=0.6, n_best=3)
     for i in range(len(src)):
-        alone = beam_search(model, *_alone(src, mask, i), BOS, EOS, max_len[i : i + 1], beam_size=5, alpha=0.6, n_best=3)[0]
+        alone = beam_search(
+            model, *_alone(src, mask, i), BOS, EOS, max_len[i : i + 1], beam_size=5, alpha=0.6, n_best=3
+        )[0]
         assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in together[i]], abs=1e-4)
 
@@ -125,7 +129,9 @@ def _reference_beam(model, src, mask, beam_size: int, max_len: int) -> tuple[lis
             log_probs = torch.log_softmax(model(src, mask, torch.tensor([[BOS] + tokens]))[0, -1].float(), dim=-1)
             candidates += [(score + float(lp), tokens, v) for v, lp in enumerate(log_probs)]
         candidates = sorted(candidates, key=lambda c: -c[0])[: 2 * beam_size]
-        finished += [(s, tok + ([] if v == EOS else [v])) for s, tok, v in candidates[:beam_size] if v == EOS or t + 1 == max_len]
+        finished += [
+            (s, tok + ([] if v == EOS else [v])) for s, tok, v in candidates[:beam_size] if v == EOS or t + 1 == max_len
+        ]
         live = [(tok + [v], s) for s, tok, v in candidates if v != EOS][:beam_size]
         if len(finished) >= beam_size or (finished and max(f[0] for f in finished) >= live[0][1]):
             break
@@ -177,7 +183,10 @@ class Uncached(torch.nn.Module):
 def test_transformer_cached_decoding_equals_uncached():
     model, (src, mask, max_len) = _model("transformer"), _batch(extra_padding=2)
     uncached = Uncached(model)
-    cached, full = greedy_search(model, src, mask, BOS, EOS, max_len), greedy_search(uncached, src, mask, BOS, EOS, max_len)
+    cached, full = (
+        greedy_search(model, src, mask, BOS, EOS, max_len),
+        greedy_search(uncached, src, mask, BOS, EOS, max_len),
+    )
     assert [h.tokens for h in cached] == [h.tokens for h in full]
     cached = beam_search(model, src, mask, BOS, EOS, max_len, beam_size=4, alpha=0.6, n_best=2)
     full = beam_search(uncached, src, mask, BOS, EOS, max_len, beam_size=4, alpha=0.6, n_best=2)
@@ -194,13 +203,17 @@ def test_beam_attention_follows_its_hypothesis(name):
             steps = len(h.tokens) + (len(h.tokens) < int(max_len[i]))  # the EOS step has attention too
             assert h.attention.shape == (steps, one_src.shape[1])
             with torch.no_grad():
-                _, expected = model(one_src, one_mask, torch.tensor([[BOS] + h.tokens])[:, :steps], return_attention=True)
+                _, expected = model(
+                    one_src, one_mask, torch.tensor([[BOS] + h.tokens])[:, :steps], return_attention=True
+                )
             torch.testing.assert_close(h.attention, expected[0], atol=1e-4, rtol=1e-4)
 
 
 def test_translate_ids_returns_n_best_per_sentence_in_input_order():
     model, sources = _model("rnn_attention"), _sentences(9, seed=3)
-    flat = translate_ids(model, sources, BOS, EOS, batch_tokens=40, beam_size=3, n_best=2, max_len_ratio=1.0, max_len_offset=2)
+    flat = translate_ids(
+        model, sources, BOS, EOS, batch_tokens=40, beam_size=3, n_best=2, max_len_ratio=1.0, max_len_offset=2
+    )
     assert len(flat) == 2 * len(sources)
     for i, seq in enumerate(sources):
         alone = translate_ids(model, [seq], BOS, EOS, beam_size=3, n_best=2, max_len_ratio=1.0, max_len_offset=2)

@@ -21,7 +21,13 @@ from translate.models import build_model
 from translate.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["trainer.max_steps=6", "trainer.valid_every=3", "trainer.batch_tokens=1500", "trainer.warmup_steps=2", "trainer.keep_last=2"]
+STEPS = [
+    "trainer.max_steps=6",
+    "trainer.valid_every=3",
+    "trainer.batch_tokens=1500",
+    "trainer.warmup_steps=2",
+    "trainer.keep_last=2",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -46,7 +52,9 @@ def sentences(multi30k_dir) -> list[str]:
 def _translate(*args, stdin: str = "", **kwargs) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "translate.translate", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, input=stdin, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, **kwargs)
+    return subprocess.run(
+        command, input=stdin, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, **kwargs
+    )
 
 
 def test_lines_in_lines_out(run_dir, sentences):
@@ -92,19 +100,29 @@ def test_interactive_terminal_gets_a_prompt_and_each_line_at_once(run_dir, sente
 
 def test_average_then_attention_heatmap(run_dir, sentences, tmp_path):
     assert [p.name for p in sorted(run_dir.glob("step_*.pt"))] == ["step_3.pt", "step_6.pt"]
-    done = subprocess.run([sys.executable, "-m", "translate.average", f"run={run_dir}", "last=2"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "translate.average", f"run={run_dir}", "last=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(run_dir / "averaged.pt")["averaged_steps"] == [3, 6]
 
     png = tmp_path / "attention.png"
-    done = _translate(f"run={run_dir}", "eval.checkpoint=averaged", "eval.beam_size=2", f"attention={png}", stdin=sentences[0] + "\n")
+    done = _translate(
+        f"run={run_dir}", "eval.checkpoint=averaged", "eval.beam_size=2", f"attention={png}", stdin=sentences[0] + "\n"
+    )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 1000
 
     done = _translate(f"run={run_dir}", f"attention={png}", stdin="\n".join(sentences[:2]) + "\n")
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1] == f"error: attention={png} draws one sentence; the input has 2 non-empty lines"
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == f"error: attention={png} draws one sentence; the input has 2 non-empty lines"
+    )
 
 
 def test_attention_of_the_plain_rnn_is_a_clear_error(run_dir, tmp_path):
@@ -112,7 +130,9 @@ def test_attention_of_the_plain_rnn_is_a_clear_error(run_dir, tmp_path):
     rnn_run.mkdir()
     shutil.copy(run_dir / "tokenizer.model", rnn_run)
     ckpt = load_checkpoint(run_dir / "best.pt")
-    ckpt["config"]["model"] = OmegaConf.to_container(OmegaConf.structured(ModelConfig(name="rnn", emb_dim=16, hidden_dim=16)))
+    ckpt["config"]["model"] = OmegaConf.to_container(
+        OmegaConf.structured(ModelConfig(name="rnn", emb_dim=16, hidden_dim=16))
+    )
     ckpt["model"] = build_model(ModelConfig(name="rnn", emb_dim=16, hidden_dim=16), ckpt["vocab_size"]).state_dict()
     save_checkpoint(ckpt, rnn_run / "best.pt")
     png = tmp_path / "a.png"

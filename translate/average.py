@@ -33,11 +33,15 @@ def average_checkpoints(paths: list[Path]) -> dict:
         ckpt = load_checkpoint(path)
         weights = ckpt["model"]
         if total and weights.keys() != total.keys():
-            raise CheckpointError(f"{path}: its parameters differ from those of {paths[0]}; average checkpoints of one run")
+            raise CheckpointError(
+                f"{path}: its parameters differ from those of {paths[0]}; average checkpoints of one run"
+            )
         for name, tensor in weights.items():
             if tensor.is_floating_point():
                 total[name] = total[name] + tensor.double() if name in total else tensor.double()
-    ckpt["model"] = {name: (total[name] / len(paths)).to(t.dtype) if name in total else t for name, t in weights.items()}
+    ckpt["model"] = {
+        name: (total[name] / len(paths)).to(t.dtype) if name in total else t for name, t in weights.items()
+    }
     ckpt["averaged_steps"] = [int(p.stem[len("step_") :]) for p in paths]
     return ckpt
 
@@ -50,12 +54,21 @@ def average_run(run_dir: str | Path, last: int, out: str = "averaged") -> tuple[
     if last < 1:
         raise ValueError(f"last={last}: average at least one checkpoint")
     if out in ("last", "best") or out.startswith("step_"):
-        raise ValueError(f"out={out}: that name belongs to training's own checkpoints; choose another, e.g. out=averaged")
+        raise ValueError(
+            f"out={out}: that name belongs to training's own checkpoints; choose another, e.g. out=averaged"
+        )
     paths = numbered_checkpoints(run_dir)[-last:]
     if not paths:
-        raise CheckpointError(f"{run_dir}: no step_<N>.pt checkpoints; train with trainer.keep_last={last} to keep them")
+        raise CheckpointError(
+            f"{run_dir}: no step_<N>.pt checkpoints; train with trainer.keep_last={last} to keep them"
+        )
     if len(paths) < last:
-        log.warning("only %d numbered checkpoints in %s, averaging those (train with trainer.keep_last=%d)", len(paths), run_dir, last)
+        log.warning(
+            "only %d numbered checkpoints in %s, averaging those (train with trainer.keep_last=%d)",
+            len(paths),
+            run_dir,
+            last,
+        )
     path, averaged = run_dir / f"{out}.pt", average_checkpoints(paths)
     save_checkpoint(averaged, path)
     return path, averaged["averaged_steps"]

@@ -85,7 +85,8 @@ class ModelConfig:
     d_model: int = 256
     heads: int = 4
     ff_dim: int = 1024
-    # dropout on the attention weights; SDPA's fused CPU kernel has none, so > 0 takes a path ~2x slower (docs/performance.md)
+    # dropout on the attention weights; SDPA's fused CPU kernel has none, so > 0 takes a path ~2x slower
+    # (docs/performance.md)
     attention_dropout: float = 0.0
     pre_norm: bool = True  # pre-LN (stable without long warm-up) or post-LN (Vaswani et al. 2017)
 
@@ -167,7 +168,9 @@ class EvaluateConfig:
 @dataclass
 class TranslateConfig:
     run: str = "???"  # the run directory written by training
-    eval: EvalConfig = field(default_factory=EvalConfig)  # decoding settings: checkpoint, beam_size, length_penalty, n_best, …
+    eval: EvalConfig = field(
+        default_factory=EvalConfig
+    )  # decoding settings: checkpoint, beam_size, length_penalty, n_best, …
     attention: str | None = None  # a .png file: draw the attention of the (single) input sentence
 
 
@@ -179,8 +182,11 @@ class AverageConfig:
 
 
 def train_config(saved) -> DictConfig:
-    """A saved training config (dict or YAML path) on top of today's schema: fields added since it was written get defaults."""
-    return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved) if isinstance(saved, (str, Path)) else saved)
+    """A saved training config (dict or YAML path) on top of today's schema: fields added since it was written
+    get defaults."""
+    return OmegaConf.merge(
+        OmegaConf.structured(TrainConfig), OmegaConf.load(saved) if isinstance(saved, (str, Path)) else saved
+    )
 
 
 MAX_SUFFIX = 120  # characters of overrides in a directory name (file systems allow 255 per name)
@@ -195,7 +201,9 @@ def overrides_suffix(overrides, exclude_keys) -> str:
     """
     parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
     kept = [o for o in parsed if o.key_or_group not in exclude_keys]
-    items = sorted(o.input_line if o.is_sweep_override() else f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in kept)
+    items = sorted(
+        o.input_line if o.is_sweep_override() else f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in kept
+    )
     suffix = ",".join(items).replace("/", "_")
     if len(suffix) > MAX_SUFFIX:
         suffix = f"overrides-{hashlib.sha1(suffix.encode()).hexdigest()[:10]}"

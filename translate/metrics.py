@@ -32,7 +32,14 @@ def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[s
     for lo, hi in zip(edges[:-1], edges[1:]):
         idx = length_bucket(sources, lo, hi)
         score = BLEU().corpus_score([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score if idx else None
-        buckets.append({"min_words": lo, "max_words": hi - 1, "sentences": len(idx), "bleu": None if score is None else round(score, 2)})
+        buckets.append(
+            {
+                "min_words": lo,
+                "max_words": hi - 1,
+                "sentences": len(idx),
+                "bleu": None if score is None else round(score, 2),
+            }
+        )
     return buckets
 
 
@@ -45,7 +52,12 @@ def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
 
 
 def lead_growth_interval(
-    system: np.ndarray, baseline: np.ndarray, short: list[int], long: list[int], resamples: int = 1000, seed: int = 12345
+    system: np.ndarray,
+    baseline: np.ndarray,
+    short: list[int],
+    long: list[int],
+    resamples: int = 1000,
+    seed: int = 12345,
 ) -> tuple[float, float, float]:
     """How much more `system` leads `baseline` (BLEU) on the `long` sentences than on the `short` ones.
 
@@ -57,7 +69,9 @@ def lead_growth_interval(
 
     def lead(rows: np.ndarray) -> np.ndarray:  # rows: [resamples, n] -> [resamples]
         sums = zip(system[rows].sum(1), baseline[rows].sum(1))
-        return np.array([bleu._compute_score_from_stats(a).score - bleu._compute_score_from_stats(b).score for a, b in sums])
+        return np.array(
+            [bleu._compute_score_from_stats(a).score - bleu._compute_score_from_stats(b).score for a, b in sums]
+        )
 
     point = lead(np.array([long])) - lead(np.array([short]))
     growth = lead(rng.choice(long, size=(resamples, len(long)))) - lead(rng.choice(short, size=(resamples, len(short))))

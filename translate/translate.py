@@ -46,10 +46,14 @@ def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) 
     texts = [line.strip() for line in lines if line.strip()]
     if len(texts) != 1:
         raise ValueError(f"attention={path} draws one sentence; the input has {len(texts)} non-empty lines")
-    hyps: list[Hypothesis] = translate_ids(model, tokenizer.encode(texts), BOS, EOS, need_attention=True, **decoding_options(ec))
+    hyps: list[Hypothesis] = translate_ids(
+        model, tokenizer.encode(texts), BOS, EOS, need_attention=True, **decoding_options(ec)
+    )
     best, eos = hyps[0], tokenizer.id_to_piece([EOS])
     src_pieces = tokenizer.pieces(texts)[0] + eos
-    tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[: len(best.attention)]  # no EOS row if cut at the length limit
+    tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[
+        : len(best.attention)
+    ]  # no EOS row if cut at the length limit
     attention_figure(best.attention.numpy(), src_pieces, tgt_pieces).savefig(path, dpi=120)
     translation = "\t".join(tokenizer.decode([h.tokens for h in hyps]))
     return [translation if line.strip() else "" for line in lines]
@@ -61,7 +65,10 @@ def run(cfg: DictConfig) -> None:
     if cfg.attention:
         if not model.has_attention:
             name = run_cfg.model.name
-            raise ValueError(f"attention={cfg.attention}: model {name} has no attention to draw; use an rnn_attention or transformer run")
+            raise ValueError(
+                f"attention={cfg.attention}: model {name} has no attention to draw; "
+                "use an rnn_attention or transformer run"
+            )
         for line in translate_with_attention(model, tokenizer, sys.stdin.read().splitlines(), ec, cfg.attention):
             print(line)
         print(f"wrote {cfg.attention}", file=sys.stderr)

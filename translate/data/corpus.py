@@ -58,7 +58,8 @@ def read_lines(path: str | Path) -> list[str]:
             lines.append(line.decode("utf-8").strip())
         except UnicodeDecodeError as e:
             raise CorpusError(
-                f"{path}:{number}: invalid UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}); re-encode the file as UTF-8"
+                f"{path}:{number}: invalid UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}); "
+                "re-encode the file as UTF-8"
             ) from None
     return lines
 
@@ -68,7 +69,8 @@ def read_pair_files(src_path: str | Path, tgt_path: str | Path) -> Pairs:
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
         raise CorpusError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; the files must be line-aligned (line i translates line i)"
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+            "the files must be line-aligned (line i translates line i)"
         )
     return Pairs(src, tgt)
 
@@ -119,10 +121,13 @@ def hub_pairs(name: str, config: str | None, split: str, src_lang: str, tgt_lang
             splits = datasets.load_dataset(name, config)
         except Exception as e:  # the hub raises many types; name the dataset and the fix
             raise CorpusError(
-                f"{name}: cannot load from the Hugging Face hub ({type(e).__name__}: {e}); check data.hub / data.hub_config"
+                f"{name}: cannot load from the Hugging Face hub ({type(e).__name__}: {e}); "
+                "check data.hub / data.hub_config"
             ) from None
     if split not in splits:
-        raise CorpusError(f"{name}: no split {split!r}; it has {', '.join(splits)} (set data.train_split / valid_split / test_split)")
+        raise CorpusError(
+            f"{name}: no split {split!r}; it has {', '.join(splits)} (set data.train_split / valid_split / test_split)"
+        )
     rows = splits[split]["translation"]
     for lang in (src_lang, tgt_lang):
         if rows and lang not in rows[0]:
@@ -143,7 +148,9 @@ def download_file(url: str, dest: Path, sha256: str | None = None) -> Path:
         if sha256:
             digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
             if digest != sha256:
-                raise CorpusError(f"{url}: SHA-256 {digest} does not match the expected {sha256}; retry or fix data.sha256")
+                raise CorpusError(
+                    f"{url}: SHA-256 {digest} does not match the expected {sha256}; retry or fix data.sha256"
+                )
         os.replace(tmp, dest)
     except OSError as e:
         raise CorpusError(f"{url}: download failed ({e}); set data.dir to a directory holding the files") from None
@@ -181,8 +188,19 @@ def load_split(cfg, role: str) -> Pairs:
         pairs = hub_pairs(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang).head(limit)
         return filter_training_pairs(pairs) if role == "train" else pairs
     directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
-    pairs = read_pair_files(split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)).head(limit)
-    log.info("%s %s %s->%s: %s pairs of %s from %s", cfg.name, role, cfg.src_lang, cfg.tgt_lang, f"{len(pairs):,}", split, directory)
+    pairs = read_pair_files(
+        split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)
+    ).head(limit)
+    log.info(
+        "%s %s %s->%s: %s pairs of %s from %s",
+        cfg.name,
+        role,
+        cfg.src_lang,
+        cfg.tgt_lang,
+        f"{len(pairs):,}",
+        split,
+        directory,
+    )
     return filter_training_pairs(pairs) if role == "train" else pairs
 
 
