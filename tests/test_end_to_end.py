@@ -2,8 +2,10 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,35 @@ def test_resume_continues_exactly(multi30k_dir, small_cfg, tmp_path):
         assert torch.equal(p, q), name
 
 
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(multi30k_dir, tmp_path):
+    """A real training process killed with SIGKILL between validations, resumed from its last.pt by a new process."""
+    from conftest import SMALL_DATA, SMALL_MODELS
+
+    common = [*SMALL_DATA, *SMALL_MODELS["transformer"], *STEPS[1:], "trainer.max_steps=12", "trainer.keep_last=0"]
+    common.append("trainer.valid_bleu_sentences=8")
+    common.append(f"data.tokenizer.cache_dir={tmp_path / 'tok'}")
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert _cli("-m", "translate.train", *common, f"hydra.run.dir={straight}").returncode == 0
+
+    command = [sys.executable, "-m", "translate.train", *common, f"hydra.run.dir={cut}"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved_step = lambda: TrainState.from_checkpoint(load_checkpoint(cut / "last.pt")).step  # noqa: E731
+    deadline = time.monotonic() + 300
+    while (
+        proc.poll() is None and time.monotonic() < deadline and not ((cut / "last.pt").exists() and saved_step() >= 6)
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert 3 <= saved_step() < 12, "killed before its first checkpoint or after the end"
+
+    assert _cli("-m", "translate.train", *common, f"resume={cut}", f"hydra.run.dir={cut}").returncode == 0
+    a, b = (load_checkpoint(run / "last.pt") for run in (straight, cut))
+    assert TrainState.from_checkpoint(b).step == 12
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(multi30k_dir, small_cfg, tmp_path, monkeypatch):
     trainer = Trainer(small_cfg("rnn", *STEPS), tmp_path / "run")
     trainer.validate()  # writes last.pt / best.pt
@@ -156,6 +187,7 @@ def test_command_line_train_then_eval_any_files(multi30k_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "train.log").read_text().count("valid loss") == 2
+    assert f"make eval RUN={run}\n" in done.stdout and "make tensorboard" in done.stdout
 
     src, ref = tmp_path / "my.de", tmp_path / "my.en"
     src.write_text("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")

@@ -58,14 +58,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.writer.close()
     summary = run_summary(trainer)
     (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    minutes, state = summary["train_minutes"], trainer.state
-    log.info(
-        "done: best valid BLEU %.2f after %d steps, %.1f min; run directory %s",
-        state.best_bleu,
-        state.step,
-        minutes,
-        run_dir,
-    )
+    bleu, steps, minutes = summary["best_valid_bleu"], summary["steps"], summary["train_minutes"]
+    log.info("done: best valid BLEU %.2f after %d steps, %.1f min; run directory %s", bleu, steps, minutes, run_dir)
     return summary
 
 
