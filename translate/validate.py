@@ -29,11 +29,14 @@ LOSS_BATCH = 64  # sentences per teacher-forced batch
 @dataclass
 class Validation:
     loss: float  # mean NLL per target token (no label smoothing), over all pairs
-    ppl: float
     scores: dict  # translate.metrics.corpus_scores of the decoded pairs: bleu, chrf and their signatures
     sources: list[list[int]]  # the decoded sources' subword ids
     hyps: list[Hypothesis]  # best hypothesis per decoded source
     hypotheses: list[str]  # the same, detokenized
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 50))
 
     @property
     def bleu(self) -> float:
@@ -81,9 +84,7 @@ def validate(
     with autocast():
         hyps = translate_ids(model, src[:n], BOS, EOS, progress=progress, **decoding)[:: decoding.get("n_best", 1)]
     hypotheses = tokenizer.decode([h.tokens for h in hyps])
-    return Validation(
-        loss, math.exp(min(loss, 50)), corpus_scores(hypotheses, pairs.tgt[:n]), src[:n], hyps, hypotheses
-    )
+    return Validation(loss, corpus_scores(hypotheses, pairs.tgt[:n]), src[:n], hyps, hypotheses)
 
 
 def attention_images(
