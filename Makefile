@@ -6,8 +6,11 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 # the environment is a target: built when missing, rebuilt when pyproject.toml is newer than it
 ENV    := $(VENV)/.installed
-HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=%,$(MAKEOVERRIDES))
+HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% HOST=% PORT=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
+# TensorBoard listens here; only a command-line HOST=… counts (shells export HOST as the machine's name)
+HOST := $(if $(filter command line,$(origin HOST)),$(HOST),localhost)
+PORT ?= 6006
 OUT ?= runs/report
 # each lever off, after the three rows with every lever on, all in one run (ratios only within one run)
 LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.precision=bf16" "model=rnn_attention_ref" \
@@ -66,8 +69,9 @@ levers: $(ENV)  ## each speed lever on and off (docs/performance.md) -> docs/lev
 	$(PY) scripts/levers.py
 	$(PY) scripts/benchmark.py --out docs/levers_train --train $(LEVER_SETTINGS)
 
-tensorboard: $(ENV)  ## serve every run under runs/
-	$(VENV)/bin/tensorboard --logdir runs --bind_all
+tensorboard: $(ENV)  ## serve every run under runs/ on this machine only; HOST=0.0.0.0 serves the network
+	@echo "TensorBoard on http://$(HOST):$(PORT)/ (runs/)"
+	$(VENV)/bin/tensorboard --logdir runs --host $(HOST) --port $(PORT)
 
 test: $(ENV)  ## the test suite
 	$(PY) -m pytest -q

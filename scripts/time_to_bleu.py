@@ -4,7 +4,7 @@
 
 Prints one markdown table per run: minutes of training (validation included), step and
 greedy validation BLEU at every validation, as the trainer logged them
-(`valid/bleu_by_train_second` and `valid/bleu`); `--png` also draws the runs' curves.
+(`valid/bleu_by_train_second` in tensorboard/by_time, and `valid/bleu`); `--png` also draws the runs' curves.
 """
 
 import argparse
@@ -15,15 +15,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from translate.plots import plt
 
 
-def time_to_bleu(run: Path) -> list[dict]:
-    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+def scalars(directory: Path, tag: str) -> list:
+    events = EventAccumulator(str(directory), size_guidance={"scalars": 0})
     events.Reload()
-    by_step = [e for e in events.Scalars("valid/bleu")]
-    by_second = [e for e in events.Scalars("valid/bleu_by_train_second")]
+    return events.Scalars(tag)
+
+
+def time_to_bleu(run: Path) -> list[dict]:
+    by_step = scalars(run / "tensorboard", "valid/bleu")
+    # the time axis has its own event files (tensorboard/by_time) since resumed runs drop the killed run's tail
+    by_time = run / "tensorboard" / "by_time"
+    by_second = scalars(by_time if by_time.is_dir() else run / "tensorboard", "valid/bleu_by_train_second")
     if len(by_step) != len(by_second):
-        raise ValueError(
-            f"{run}: {len(by_step)} valid/bleu points but {len(by_second)} by training second; was the run resumed?"
-        )
+        raise ValueError(f"{run}: {len(by_step)} valid/bleu points but {len(by_second)} by training second")
     return [{"minutes": s.step / 60, "step": b.step, "bleu": b.value} for b, s in zip(by_step, by_second)]
 
 

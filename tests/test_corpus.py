@@ -52,7 +52,7 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
 def test_empty_pairs_are_dropped_and_counted(caplog):
     pairs = Pairs(["a", "", "c", "d"], ["A", "B", "", "D"])
     with caplog.at_level("WARNING"):
-        kept = filter_training_pairs(pairs)
+        kept = filter_training_pairs(pairs, "test")
     assert kept.src == ["a", "d"] and kept.tgt == ["A", "D"]
     assert "dropped 2 of 4 training pairs with an empty side" in caplog.text
 

@@ -130,9 +130,9 @@ def test_attention_maps_for_heatmaps(key):
 def test_link_checkpoint_is_atomic_and_survives_the_source_being_replaced(tmp_path):
     from translate.checkpoint import link_checkpoint
 
-    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    save_checkpoint({"model": {}, "step": 1}, tmp_path / "last.pt")
     link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
-    save_checkpoint({"step": 2}, tmp_path / "last.pt")  # replaced by rename: best.pt keeps step 1
+    save_checkpoint({"model": {}, "step": 2}, tmp_path / "last.pt")  # replaced by rename: best.pt keeps step 1
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 1 and load_checkpoint(tmp_path / "last.pt")["step"] == 2
     link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 2

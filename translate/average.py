@@ -9,7 +9,6 @@ use it.
 """
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -18,6 +17,7 @@ from omegaconf import DictConfig
 
 from translate.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, save_checkpoint
 from translate.config import register_configs
+from translate.errors import ConfigError, one_line_errors
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -52,9 +52,9 @@ def average_run(run_dir: str | Path, last: int, out: str = "averaged") -> tuple[
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found; pass RUN=<a directory written by make train>")
     if last < 1:
-        raise ValueError(f"last={last}: average at least one checkpoint")
+        raise ConfigError(f"last={last}: average at least one checkpoint")
     if out in ("last", "best") or out.startswith("step_"):
-        raise ValueError(
+        raise ConfigError(
             f"out={out}: that name belongs to training's own checkpoints; choose another, e.g. out=averaged"
         )
     paths = numbered_checkpoints(run_dir)[-last:]
@@ -75,12 +75,10 @@ def average_run(run_dir: str | Path, last: int, out: str = "averaged") -> tuple[
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="average")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(message)s", level=logging.INFO)
-    try:
-        path, steps = average_run(cfg.run, cfg.last, cfg.out)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    path, steps = average_run(cfg.run, cfg.last, cfg.out)
     print(f"wrote {path}: the mean of {len(steps)} checkpoints, steps {', '.join(map(str, steps))}")
 
 

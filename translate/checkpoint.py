@@ -11,17 +11,26 @@ A training checkpoint (`last.pt`, `best.pt`, `step_<N>.pt`) holds, in format 2:
     vocab_size    the tokenizer's vocabulary size
 
 Format 1 (before the TrainState) kept the train_state fields at the top level; it still loads.
+A file that is truncated, corrupt, not a checkpoint or of a newer format is refused with a `CheckpointError`
+naming it.  Writing goes to a temporary file, fsynced, renamed over the old one, and the directory fsynced:
+a crash or a full disk at any point leaves the previous checkpoint or the new one, never half of one.
 """
 
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from translate.errors import UserError
+from translate.files import atomic_write, fsync_directory, why_writing_failed
+
 FORMAT = 2
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, damaged, of another run or cannot be written; the message says which."""
 
 
 @dataclass
@@ -32,6 +41,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # position in this epoch's batch order
     best_bleu: float = -1.0
+    best_step: int = 0  # the step best.pt holds
     bad_validations: int = 0  # validations since the best one (patience)
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
@@ -42,6 +52,7 @@ class TrainState:
         """Keep the best BLEU and count the validations since it (patience); True if this one is the best."""
         improved = bleu > self.best_bleu
         self.best_bleu, self.bad_validations = (bleu, 0) if improved else (self.best_bleu, self.bad_validations + 1)
+        self.best_step = self.step if improved else self.best_step
         return improved
 
     @classmethod
@@ -65,32 +76,34 @@ def training_checkpoint(model, optimizer, scheduler, state: TrainState, config: 
     }
 
 
-def restore_training(ckpt: dict, model, optimizer, scheduler) -> TrainState:
+def restore_training(ckpt: dict, model, optimizer, scheduler, path: str | Path = "checkpoint") -> TrainState:
     """Load weights, optimizer and schedule from a training checkpoint into the objects given; return its TrainState."""
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    missing = [key for key in ("optimizer", "scheduler") if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: holds weights only (no {' or '.join(missing)}: averaged?); resume from last.pt")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: does not fit this model ({first[-1].strip() if first else type(e).__name__}); "
+            "resume with the settings the run was started with"
+        ) from None
     scheduler.load_state_dict(ckpt["scheduler"])
     return TrainState.from_checkpoint(ckpt)
 
 
-class CheckpointError(FileNotFoundError):
-    pass
-
-
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
+    """Write atomically (translate.files.atomic_write): a crash or a full disk never leaves half a checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError without errno
+        kept = f"{path.name} keeps its previous content" if path.exists() else f"{path} was not written"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
+        raise CheckpointError(f"{path}: {reason}: {why_writing_failed(path.parent)}; {kept}") from e
 
 
 def link_checkpoint(source: str | Path, dest: str | Path) -> None:
@@ -105,14 +118,45 @@ def link_checkpoint(source: str | Path, dest: str | Path) -> None:
     except OSError:
         shutil.copyfile(source, tmp)
     os.replace(tmp, dest)
+    fsync_directory(dest.parent)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """A checkpoint of this project, or a CheckpointError naming the file and why it cannot be used."""
     path = Path(path)
+    other = "use another checkpoint of the run (last.pt, best.pt, step_<N>.pt) or train again"
     if not path.is_file():
         hint = "train first (make train) or pass eval.checkpoint=last / a path to a .pt file"
         raise CheckpointError(f"{path}: no checkpoint here; {hint}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, … for a damaged file
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{path}: unreadable ({size:,} bytes: truncated, corrupt or not a PyTorch file; {type(e).__name__}); "
+            + other
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path}: a PyTorch file, not a checkpoint of this project (no model weights); {other}")
+    if ckpt.get("format", 1) > FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {ckpt['format']}, newer than this version reads (<= {FORMAT}); "
+            "update the project (git pull && make install)"
+        )
+    return ckpt
+
+
+def repair_best(run_dir: str | Path, state: TrainState) -> bool:
+    """After a crash between writing last.pt and linking it as best.pt, make best.pt that checkpoint again;
+    True if it had to.  (The only window: best.pt is linked right after last.pt is written.)"""
+    run_dir = Path(run_dir)
+    best = run_dir / "best.pt"
+    if state.best_step != state.step or state.best_bleu < 0:
+        return False
+    if best.is_file() and TrainState.from_checkpoint(load_checkpoint(best)).step == state.step:
+        return False
+    link_checkpoint(run_dir / "last.pt", best)
+    return True
 
 
 def numbered_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -210,8 +210,14 @@ def overrides_suffix(overrides, exclude_keys) -> str:
     return f"_{suffix}" if suffix else ""
 
 
+def run_directory(resume: str | None, new: str) -> str:
+    """hydra.run.dir: the directory of the run being resumed (resume=<dir>), else a new one."""
+    return new if resume in (None, "auto") else resume
+
+
 def register_configs() -> None:
     OmegaConf.register_new_resolver("overrides_suffix", overrides_suffix, replace=True)
+    OmegaConf.register_new_resolver("run_directory", run_directory, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

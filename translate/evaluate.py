@@ -10,7 +10,6 @@ TensorBoard the scores, sample translations, attention images and the same figur
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,14 +20,16 @@ from tqdm import tqdm
 
 from translate.checkpoint import TrainState, find_checkpoint, load_checkpoint
 from translate.config import register_configs, train_config
+from translate.config_rules import check_config
 from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
 from translate.data.probe import long_sentence_probe
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from translate.errors import one_line_errors
 from translate.metrics import bleu_by_length, corpus_scores
 from translate.models import build_model
 from translate.plots import bleu_by_length_figure, plt
 from translate.runtime import resolve_device
-from translate.search import translate_ids
+from translate.search import source_limit, translate_ids
 from translate.validate import attention_images, validate, write_validation
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,19 @@ def decoding_options(ec) -> dict:
     return {key: getattr(ec, key) for key in keys}
 
 
-def translate_texts(model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True) -> list[str]:
+def translate_texts(
+    model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True, names: list[str] | None = None
+) -> list[str]:
     """Raw source sentences in, detokenized translations out (input order kept).
 
-    With ec.n_best > 1 each sentence has n_best translations in a row, best first.
+    With ec.n_best > 1 each sentence has n_best translations in a row, best first.  A sentence longer
+    than the model can read is cut, with a warning naming it (`names[i]`, default `sentence <i + 1>`).
     """
-    sources = tokenizer.encode(texts)
+    sources, limit = tokenizer.encode(texts), source_limit(model)
+    for i, ids in enumerate(sources):
+        if limit is not None and len(ids) > limit:
+            name = names[i] if names else f"sentence {i + 1}"
+            log.warning("%s: %d subword tokens; translating its first %d (the model's limit)", name, len(ids), limit)
     with tqdm(total=len(texts), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:
         hyps = translate_ids(model, sources, BOS, EOS, progress=bar, **decoding_options(ec))
     return tokenizer.decode([h.tokens for h in hyps])
@@ -70,7 +78,10 @@ def evaluation_pairs(cfg, ec) -> tuple[str, Pairs]:
     if ec.src or ec.ref:
         if not (ec.src and ec.ref):
             raise CorpusError("give both eval.src=<source file> and eval.ref=<reference file>")
-        return ec.name or Path(ec.src).name.split(".")[0], read_pair_files(ec.src, ec.ref)
+        pairs = read_pair_files(ec.src, ec.ref)
+        if not len(pairs):
+            raise CorpusError(f"{ec.src}: no lines to score; give files with sentences")
+        return ec.name or Path(ec.src).name.split(".")[0], pairs
     if ec.split not in ("train", "valid", "test"):
         raise CorpusError(f"unknown eval.split={ec.split!r}; choose test, valid or train")
     return ec.name or ec.split, load_split(cfg.data, ec.split)
@@ -178,11 +189,10 @@ def format_result(result: dict) -> str:
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="eval")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        result = evaluate(cfg.run, cfg.eval)
-    except (CorpusError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    check_config(cfg)
+    result = evaluate(cfg.run, cfg.eval)
     print(format_result(result))
     print(f"wrote {Path(cfg.run) / 'eval' / (result['name'] + '.json')}")
 

@@ -175,6 +175,11 @@ def beam_search(
     return [sorted(hyps, key=lambda h: h.normalized, reverse=True)[:n_best] for hyps in finished]
 
 
+def source_limit(model: Seq2SeqModel) -> int | None:
+    """Source tokens the model can read, its EOS not counted; None for no limit."""
+    return None if model.max_positions is None else model.max_positions - 1
+
+
 @torch.no_grad()
 def translate_ids(
     model: Seq2SeqModel,
@@ -192,17 +197,22 @@ def translate_ids(
 ) -> list[Hypothesis]:
     """Decode many tokenized sentences in length-sorted batches; results come back in input order.
 
+    A source longer than the model can place is cut to `source_limit(model)` tokens, an output to
+    `model.max_positions` (callers warn: `translate.evaluate.translate_texts`).
+
     beam_size 1 is greedy search.  Returns `n_best` hypotheses per sentence, flat and best
     first: those of sentence i are results[i * n_best : (i + 1) * n_best].
     `batch_tokens` counts source tokens × beam_size, so a batch's decoding rows stay bounded.
     """
     if beam_size == 1 and n_best != 1:
         raise ValueError(f"n_best={n_best} needs beam search; set beam_size >= n_best")
-    device = next(model.parameters()).device
+    device, limit = next(model.parameters()).device, model.max_positions
+    sources = [s[: source_limit(model)] for s in sources]
     results: list[list[Hypothesis]] = [[] for _ in sources]
     for indices in sorted_batch_order([(len(s) + 1) * beam_size for s in sources], batch_tokens):
         batch = collate([sources[i] for i in indices], None, indices).to(device)
         max_len = max_output_lengths(batch.src_mask, max_len_ratio, max_len_offset)
+        max_len = max_len if limit is None else max_len.clamp(max=limit)
         if beam_size == 1:
             hyps = [[h] for h in greedy_search(model, batch.src, batch.src_mask, bos, eos, max_len, need_attention)]
         else:

@@ -3,15 +3,24 @@
 import json
 import logging
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from translate.checkpoint import CheckpointError, load_checkpoint
 from translate.config import register_configs, train_config
+from translate.config_rules import check_config
+from translate.errors import ConfigError, one_line_errors
 from translate.evaluate import evaluate, format_result
+from translate.files import remove_partial_writes, write_text
+from translate.runlock import run_lock
+from translate.signals import GracefulStop, TrainingStopped
 from translate.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -34,30 +43,56 @@ def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return changed
 
 
+def sections(cfg, keys=("data", "model", "trainer")) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return {key: container[key] for key in keys}
+
+
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     """resume=auto continues or skips the run in `run_dir` only if it was started with the same settings."""
     if not (run_dir / "config.yaml").exists():
         return
-    saved = OmegaConf.to_container(train_config(run_dir / "config.yaml"), resolve=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    changed = changed_settings(*({k: c[k] for k in ("data", "model", "trainer")} for c in (saved, current)))
+    changed = changed_settings(sections(train_config(run_dir / "config.yaml")), sections(cfg))
     if changed:
-        raise ValueError(
+        raise ConfigError(
             f"{run_dir} holds a run with other settings: {', '.join(changed)}; "
             "remove that directory or write elsewhere "
             "(hydra.sweep.dir=… for make compare, hydra.run.dir=… for make train)"
         )
 
 
+def check_resumable(cfg: DictConfig, checkpoint: Path) -> None:
+    """Refuse, before any data is read, to resume a checkpoint of another model or tokenizer; changed trainer
+    settings (a longer budget, say) are allowed and listed."""
+    saved = train_config(load_checkpoint(checkpoint, mmap=True)["config"])
+    changed = changed_settings(sections(saved, ("data", "model")), sections(cfg, ("data", "model")))
+    if changed:
+        saved_values = " ".join(item.split(" (now ")[0] for item in changed)
+        raise CheckpointError(
+            f"{checkpoint} was trained with other settings: {', '.join(changed)}; "
+            f"resume with the run's own: add {saved_values}"
+        )
+    changed = changed_settings(sections(saved, ("trainer",)), sections(cfg, ("trainer",)))
+    if changed:
+        log.warning("resuming with changed trainer settings: %s", ", ".join(changed))
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train into `run_dir` (resolved config, tokenizer, checkpoints, TensorBoard events, summary)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    """Train into `run_dir` (resolved config, tokenizer, checkpoints, TensorBoard events, summary).
+
+    SIGINT or SIGTERM ends training after the current update with last.pt saved: TrainingStopped."""
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     trainer = Trainer(cfg, run_dir)
-    trainer.fit()
-    trainer.writer.close()
+    try:
+        with GracefulStop() as stop:
+            trainer.fit(stop)
+            if stop.requested:
+                trainer.save("last")
+                raise TrainingStopped(stop.signum, trainer.state.step)
+    finally:
+        trainer.close()
     summary = run_summary(trainer)
-    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     bleu, steps, minutes = summary["best_valid_bleu"], summary["steps"], summary["train_minutes"]
     log.info("done: best valid BLEU %.2f after %d steps, %.1f min; run directory %s", bleu, steps, minutes, run_dir)
     return summary
@@ -88,18 +123,45 @@ def next_commands(run_dir: Path) -> str:
     return f"next:\n  make eval RUN={path}\n  make tensorboard    # then open http://localhost:6006"
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues a stopped run: the same overrides, resume=<run dir>."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return "the same make compare / -m command again (resume=auto picks up every run)"
+    kept = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    return shlex.join(["make", "train", *kept, f"resume={run_dir}"])
+
+
 @hydra.main(version_base=None, config_path="../configs", config_name="train")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     run_dir, auto = Path(HydraConfig.get().runtime.output_dir), cfg.resume == "auto"
-    if auto:
-        check_same_run(cfg, run_dir)
-        cfg.resume = str(run_dir) if (run_dir / "last.pt").exists() else None
-    elif cfg.resume:
+    if cfg.resume and not auto:
         run_dir = Path(cfg.resume)
-    if auto and (run_dir / SUMMARY).exists():
-        log.info("%s is finished (%s exists): not training again", run_dir, SUMMARY)
-    else:
-        train(cfg, run_dir)
+        if not (run_dir / "last.pt").is_file():
+            raise CheckpointError(f"resume={run_dir}: no last.pt there; give a run directory written by make train")
+    with run_lock(run_dir):
+        remove_partial_writes(run_dir)
+        if auto:
+            check_same_run(cfg, run_dir)
+            cfg.resume = str(run_dir) if (run_dir / "last.pt").exists() else None
+        if cfg.resume:
+            check_resumable(cfg, run_dir / "last.pt")
+        elif (run_dir / "last.pt").exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run (last.pt); continue it with resume={run_dir}, "
+                "or train into another directory (hydra.run.dir=…)"
+            )
+        if auto and (run_dir / SUMMARY).exists():
+            log.info("%s is finished (%s exists): not training again", run_dir, SUMMARY)
+        else:
+            try:
+                train(cfg, run_dir)
+            except TrainingStopped as stopped:
+                log.warning("%s; %s holds it", stopped, run_dir / "last.pt")
+                print(f"{stopped}; last.pt saved. resume:\n  {resume_command(run_dir)}", file=sys.stderr)
+                sys.exit(stopped.exit_code)
     if cfg.evaluate and not (run_dir / "eval" / "test.json").exists():
         print(format_result(evaluate(run_dir, cfg.eval)))
     print(next_commands(run_dir))

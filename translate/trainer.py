@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from translate.checkpoint import (
+    CheckpointError,
     TrainState,
     keep_numbered,
     link_checkpoint,
     load_checkpoint,
+    repair_best,
     restore_training,
     save_checkpoint,
     training_checkpoint,
@@ -69,17 +71,31 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.tc)
         if self.tc.compile:
             self.features = torch.compile(self.model.features, dynamic=True)
+        self.stop_requested = lambda: False
         self.trim_heap = heap_trimmer() if self.tc.release_memory and self.device.type == "cpu" else lambda: None
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.state = TrainState()
         if cfg.get("resume"):
             self.load_state(Path(cfg.resume) / "last.pt")
+        # events after the checkpoint (of a killed run) are dropped by TensorBoard: no step appears twice
+        resumed, events = self.state.step > 0, self.run_dir / "tensorboard"
+        self.writer = SummaryWriter(str(events), purge_step=self.state.step + 1 if resumed else None)
+        # BLEU over training seconds has its own x axis, so its own event files (and purge point)
+        seconds = int(self.state.train_seconds) + 1 if resumed else None
+        self.time_writer = SummaryWriter(str(events / "by_time"), purge_step=seconds)
         log.info("model %s: %s parameters on %s", cfg.model.name, f"{self.num_parameters:,}", self.device)
 
     # ---- state -------------------------------------------------------------------------------
     def load_state(self, path: Path) -> None:
-        self.state = restore_training(load_checkpoint(path, self.device), self.model, self.optimizer, self.scheduler)
+        ckpt = load_checkpoint(path, self.device)
+        if ckpt.get("vocab_size", len(self.data.tokenizer)) != len(self.data.tokenizer):
+            raise CheckpointError(
+                f"{path}: its vocabulary has {ckpt['vocab_size']} pieces, this run's tokenizer "
+                f"{len(self.data.tokenizer)}; resume with the run's data settings"
+            )
+        self.state = restore_training(ckpt, self.model, self.optimizer, self.scheduler, path)
         restore_rng_states(self.state.rng)
+        if path.name == "last.pt" and repair_best(self.run_dir, self.state):
+            log.warning("best.pt was not linked before the run stopped: it is last.pt (step %d) again", self.state.step)
         state = self.state
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, state.step, state.epoch, state.batch_in_epoch)
 
@@ -90,6 +106,10 @@ class Trainer:
             self.model, self.optimizer, self.scheduler, self.state, config, len(self.data.tokenizer)
         )
         save_checkpoint(ckpt, self.run_dir / f"{name}.pt")
+
+    def close(self) -> None:
+        self.writer.close()
+        self.time_writer.close()
 
     # ---- training ----------------------------------------------------------------------------
     def loss(self, batch):
@@ -111,7 +131,8 @@ class Trainer:
     def out_of_budget(self) -> bool:
         tc, state = self.tc, self.state
         return bool(
-            (tc.max_steps and state.step >= tc.max_steps)
+            self.stop_requested()
+            or (tc.max_steps and state.step >= tc.max_steps)
             or (tc.max_minutes and state.train_seconds >= 60 * tc.max_minutes)
         )
 
@@ -128,10 +149,12 @@ class Trainer:
         self.trim_heap()
         return nll, grad_norm
 
-    def fit(self) -> dict:
-        """Train until max_epochs / max_steps / max_minutes or patience runs out; returns the last validation."""
+    def fit(self, stop=None) -> dict:
+        """Train until max_epochs / max_steps / max_minutes or patience runs out, or `stop.requested` (a
+        GracefulStop) turns true; returns the last validation.  A stopped run is neither validated nor saved here."""
         tc, state, last_valid = self.tc, self.state, {}
         started, progress = time.perf_counter() - state.train_seconds, TrainingProgress(self.writer, self.device)
+        self.stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
         while state.epoch < tc.max_epochs and not self.out_of_budget():
             order = self.epoch_batches()
             with progress.epoch(state.epoch, len(order), state.batch_in_epoch):
@@ -152,7 +175,7 @@ class Trainer:
                             return last_valid
             if state.batch_in_epoch >= len(order):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if state.step % tc.valid_every:  # the final state is always validated and saved
+        if state.step % tc.valid_every and not self.stop_requested():  # the final state is validated and saved
             last_valid = self.validate()
         return last_valid
 
@@ -172,9 +195,10 @@ class Trainer:
         head = None if tc.attention_head < 0 else tc.attention_head
         images = attention_images(self.model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
         write_validation(self.writer, "valid", state.step, result, self.data.valid, tc.num_samples, images)
-        self.writer.add_scalar("valid/bleu_by_train_second", result.bleu, int(state.train_seconds))  # x: seconds
+        self.time_writer.add_scalar("valid/bleu_by_train_second", result.bleu, int(state.train_seconds))
         self.writer.add_scalar("valid/seconds", seconds, state.step)
         self.writer.flush()
+        self.time_writer.flush()
         scores = f"loss {result.loss:.3f} ppl {result.ppl:.2f} BLEU {result.bleu:.2f} chrF {result.scores['chrf']:.2f}"
         log.info("step %d valid %s%s (%.1fs)", state.step, scores, " *best*" if improved else "", seconds)
         self.save("last")

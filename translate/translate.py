@@ -1,16 +1,20 @@
 """Translate text: `python -m translate.translate run=<run dir> [eval.beam_size=5] [attention=out.png] < in > out`.
 
 Reads raw sentences from stdin, one per line, and writes detokenized translations to
-stdout, one per line and in order; an empty line gives an empty line.  From a terminal
-it works interactively: a prompt on stderr, each translation as soon as its line is
-entered.  Decoding follows `eval.*` (checkpoint, beam_size, length_penalty, n_best, …);
-with eval.n_best > 1 an output line holds the n best translations separated by tabs.
+stdout, one per line and in order — always: an empty line gives an empty line, bytes that
+are not UTF-8 are replaced (U+FFFD), a line longer than the model can read is cut, and a
+line that fails to translate gives an empty line, each with a warning on stderr naming the
+line (exit code 3 if any line failed).  From a terminal it works interactively: a prompt on
+stderr, each translation as soon as its line is entered.  Decoding follows `eval.*`
+(checkpoint, beam_size, length_penalty, n_best, …); with eval.n_best > 1 an output line
+holds the n best translations separated by tabs.
 
 `attention=<file.png>` with a single input sentence also draws the model's attention,
 source pieces × target pieces (rnn_attention: its attention; transformer: the last
 layer's cross-attention averaged over heads).
 """
 
+import logging
 import sys
 from itertools import islice
 
@@ -19,79 +23,117 @@ import torch
 from omegaconf import DictConfig
 
 from translate.config import register_configs
-from translate.data.corpus import CorpusError
+from translate.config_rules import check_config
 from translate.data.tokenizer import BOS, EOS
+from translate.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
 from translate.evaluate import decoding_options, load_run, translate_texts
 from translate.plots import attention_figure
 from translate.search import Hypothesis, translate_ids
 
+log = logging.getLogger("translate")
 register_configs()
 
 CHUNK = 1000  # lines decoded together when stdin is a file or a pipe
 
 
-def translate_lines(model, tokenizer, lines: list[str], ec) -> list[str]:
-    """One output line per input line: blank stays blank, n-best lists are joined by tabs."""
+def decode_line(raw: bytes, number: int) -> str:
+    """A line of input as text; bytes that are not UTF-8 become U+FFFD, with a warning naming the line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        log.warning(
+            "line %d: invalid UTF-8 (byte %#04x at column %d) replaced by U+FFFD", number, raw[e.start], e.start + 1
+        )
+        return raw.decode("utf-8", errors="replace")
+
+
+def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1) -> list[str]:
+    """One output line per input line (`first` is the number of the first): blank stays blank, n-best lists
+    are joined by tabs."""
     texts = [line.strip() for line in lines]
     todo = [i for i, text in enumerate(texts) if text]
-    translations = translate_texts(model, tokenizer, [texts[i] for i in todo], ec, progress=False) if todo else []
+    names = [f"line {first + i}" for i in todo]
+    translations = (
+        translate_texts(model, tokenizer, [texts[i] for i in todo], ec, progress=False, names=names) if todo else []
+    )
     out, n = [""] * len(texts), ec.n_best
     for k, i in enumerate(todo):
-        out[i] = "\t".join(translations[k * n : (k + 1) * n])
+        out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in translations[k * n : (k + 1) * n])
     return out
+
+
+def translate_safely(model, tokenizer, lines: list[str], ec, first: int) -> tuple[list[str], int]:
+    """translate_lines, but a line that fails leaves its output line empty instead of losing the others:
+    (output lines, how many failed)."""
+    try:
+        return translate_lines(model, tokenizer, lines, ec, first), 0
+    except (RuntimeError, ValueError, IndexError, MemoryError) as e:
+        if len(lines) == 1:
+            log.warning("line %d: not translated (%s: %s); its output line is empty", first, type(e).__name__, e)
+            return [""], 1
+    results = [translate_safely(model, tokenizer, [line], ec, first + i) for i, line in enumerate(lines)]
+    return [out for outs, _ in results for out in outs], sum(failed for _, failed in results)
 
 
 def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) -> list[str]:
     """Translate the one non-empty line of `lines`, drawing its attention into `path`."""
     texts = [line.strip() for line in lines if line.strip()]
     if len(texts) != 1:
-        raise ValueError(f"attention={path} draws one sentence; the input has {len(texts)} non-empty lines")
+        raise ConfigError(f"attention={path} draws one sentence; the input has {len(texts)} non-empty lines")
     hyps: list[Hypothesis] = translate_ids(
         model, tokenizer.encode(texts), BOS, EOS, need_attention=True, **decoding_options(ec)
     )
     best, eos = hyps[0], tokenizer.id_to_piece([EOS])
     src_pieces = tokenizer.pieces(texts)[0] + eos
-    tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[
-        : len(best.attention)
-    ]  # no EOS row if cut at the length limit
+    tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[: len(best.attention)]  # no EOS row if cut at the limit
     attention_figure(best.attention.numpy(), src_pieces, tgt_pieces).savefig(path, dpi=120)
     translation = "\t".join(tokenizer.decode([h.tokens for h in hyps]))
     return [translation if line.strip() else "" for line in lines]
 
 
-def run(cfg: DictConfig) -> None:
-    ec = cfg.eval
+def run(cfg: DictConfig) -> int:
+    """Translate stdin to stdout; returns how many lines failed."""
+    ec, stdin, failed = cfg.eval, sys.stdin.buffer, 0
     model, tokenizer, run_cfg, _ = load_run(cfg.run, ec.checkpoint, ec.device)
     if cfg.attention:
         if not model.has_attention:
             name = run_cfg.model.name
-            raise ValueError(
+            raise ConfigError(
                 f"attention={cfg.attention}: model {name} has no attention to draw; "
                 "use an rnn_attention or transformer run"
             )
-        for line in translate_with_attention(model, tokenizer, sys.stdin.read().splitlines(), ec, cfg.attention):
+        lines = [decode_line(raw, i) for i, raw in enumerate(stdin.read().splitlines(), start=1)]
+        for line in translate_with_attention(model, tokenizer, lines, ec, cfg.attention):
             print(line)
         print(f"wrote {cfg.attention}", file=sys.stderr)
     elif sys.stdin.isatty():
         print("translating one sentence per line; Ctrl-D ends", file=sys.stderr)
-        while True:
-            print("> ", end="", file=sys.stderr, flush=True)
-            line = sys.stdin.readline()
-            if not line:
-                break
-            print(translate_lines(model, tokenizer, [line], ec)[0], flush=True)
+        number = 0
+        while print("> ", end="", file=sys.stderr, flush=True) or (raw := stdin.readline()):
+            number += 1
+            outputs, bad = translate_safely(model, tokenizer, [decode_line(raw, number)], ec, number)
+            print(outputs[0], flush=True)
+            failed += bad
     else:
-        while lines := list(islice(sys.stdin, CHUNK)):
-            sys.stdout.writelines(out + "\n" for out in translate_lines(model, tokenizer, lines, ec))
+        number = 1
+        while raws := list(islice(stdin, CHUNK)):
+            lines = [decode_line(raw, number + i) for i, raw in enumerate(raws)]
+            outputs, bad = translate_safely(model, tokenizer, lines, ec, number)
+            sys.stdout.writelines(out + "\n" for out in outputs)
             sys.stdout.flush()
+            number, failed = number + len(raws), failed + bad
+    return failed
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="translate")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (CorpusError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    check_config(cfg)
+    failed = run(cfg)
+    if failed:
+        print(f"error: {failed} line(s) not translated (their output lines are empty)", file=sys.stderr)
+        sys.exit(EXIT_SOME_LINES_FAILED)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from translate.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +26,7 @@ DATA_DIR_ENV = "TRANSLATE_DATA_DIR"
 ROLES = ("train", "valid", "test")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus that cannot be used as given; the message names the file and the fix."""
 
 
@@ -81,13 +83,21 @@ def split_file(directory: Path, split: str, lang: str) -> Path:
     return gz if gz.exists() or not (directory / f"{split}.{lang}").exists() else directory / f"{split}.{lang}"
 
 
-def filter_training_pairs(pairs: Pairs) -> Pairs:
-    """Drop pairs with an empty side, and say how many went."""
+def filter_training_pairs(pairs: Pairs, origin: str) -> Pairs:
+    """Drop pairs with an empty side, and say how many went; none left is an error naming `origin`."""
     keep = [i for i, (s, t) in enumerate(zip(pairs.src, pairs.tgt)) if s and t]
     dropped = len(pairs) - len(keep)
+    if not keep:
+        raise CorpusError(f"{origin}: no training pairs with text on both sides ({len(pairs)} lines); check the files")
     if dropped:
         log.warning("dropped %d of %d training pairs with an empty side", dropped, len(pairs))
     return Pairs([pairs.src[i] for i in keep], [pairs.tgt[i] for i in keep])
+
+
+def non_empty(pairs: Pairs, origin: str, role: str) -> Pairs:
+    if not len(pairs):
+        raise CorpusError(f"{origin}: the {role} split is empty; give it sentence pairs (or another data.{role}_split)")
+    return pairs
 
 
 def synthetic_pairs(cfg, role: str) -> Pairs:
@@ -186,11 +196,11 @@ def load_split(cfg, role: str) -> Pairs:
         return synthetic_pairs(cfg.synthetic, role).head(limit)
     if cfg.hub:
         pairs = hub_pairs(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang).head(limit)
-        return filter_training_pairs(pairs) if role == "train" else pairs
+        origin = f"{cfg.hub} {split}"
+        return filter_training_pairs(pairs, origin) if role == "train" else non_empty(pairs, origin, role)
     directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
-    pairs = read_pair_files(
-        split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)
-    ).head(limit)
+    src_file, tgt_file = split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)
+    pairs, origin = read_pair_files(src_file, tgt_file).head(limit), f"{src_file} + {tgt_file.name}"
     log.info(
         "%s %s %s->%s: %s pairs of %s from %s",
         cfg.name,
@@ -201,7 +211,7 @@ def load_split(cfg, role: str) -> Pairs:
         split,
         directory,
     )
-    return filter_training_pairs(pairs) if role == "train" else pairs
+    return filter_training_pairs(pairs, origin) if role == "train" else non_empty(pairs, origin, role)
 
 
 def load_corpus(cfg) -> dict[str, Pairs]:

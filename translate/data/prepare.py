@@ -10,7 +10,7 @@ data.valid                          # the raw validation pairs
 import logging
 from dataclasses import dataclass
 
-from translate.data.corpus import PROJECT_ROOT, Pairs, load_corpus
+from translate.data.corpus import PROJECT_ROOT, CorpusError, Pairs, load_corpus
 from translate.data.tokenizer import Tokenizer, train_or_load
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def encode_split(
     src, tgt = tokenizer.encode(pairs.src), tokenizer.encode(pairs.tgt)
     if max_tokens:
         keep = [i for i in range(len(src)) if len(src[i]) <= max_tokens and len(tgt[i]) <= max_tokens]
+        if src and not keep:
+            raise CorpusError(f"all {len(src)} training pairs are longer than data.max_tokens={max_tokens}; raise it")
         if len(keep) < len(src):
             log.warning("dropped %d training pairs longer than data.max_tokens=%d", len(src) - len(keep), max_tokens)
         src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]

@@ -6,11 +6,13 @@ training text and the settings, so every later run with the same data reuses it.
 
 import hashlib
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
 import sentencepiece as spm
+
+from translate.data.corpus import CorpusError
+from translate.files import copy_file
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class Tokenizer:
         return [self.sp.id_to_piece(i) for i in ids]
 
     def save(self, path: str | Path) -> None:
-        shutil.copyfile(self.model_file, path)
+        copy_file(self.model_file, path)
 
 
 def _fingerprint(texts: list[str], cfg) -> str:
@@ -65,23 +67,34 @@ def train_or_load(texts: list[str], cfg, root: Path) -> Tokenizer:
     log.info("tokenizer: training SentencePiece %s, %d pieces, on %d lines", cfg.model_type, cfg.vocab_size, len(texts))
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_prefix=str(Path(tmp) / "spm"),
-            vocab_size=cfg.vocab_size,
-            model_type=cfg.model_type,
-            character_coverage=cfg.character_coverage,
-            input_sentence_size=cfg.input_sentence_size,
-            shuffle_input_sentence=True,
-            pad_id=PAD,
-            unk_id=UNK,
-            bos_id=BOS,
-            eos_id=EOS,
-            minloglevel=2,
-        )
+        try:
+            train_sentencepiece(texts, cfg, Path(tmp) / "spm")
+        except RuntimeError as e:  # SentencePiece says what is wrong after its source position
+            reason = str(e).split("] ", 1)[-1].strip()
+            raise CorpusError(
+                f"SentencePiece cannot learn data.tokenizer.vocab_size={cfg.vocab_size} pieces from "
+                f"{len(texts):,} lines: {reason}"
+            ) from None
         try:
             Path(tmp).rename(cache)  # atomic: a concurrent run either sees the whole cache or none
         except OSError:
             if not model_file.exists():
                 raise
     return Tokenizer(model_file)
+
+
+def train_sentencepiece(texts: list[str], cfg, prefix: Path) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(prefix),
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        input_sentence_size=cfg.input_sentence_size,
+        shuffle_input_sentence=True,
+        pad_id=PAD,
+        unk_id=UNK,
+        bos_id=BOS,
+        eos_id=EOS,
+        minloglevel=2,
+    )

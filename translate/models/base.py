@@ -9,6 +9,7 @@
 A decoding state is a dict whose tensors — alone, in lists, or in NamedTuples — all have the batch
 in dim 0, so search can keep, drop or repeat sentences with `index_select(0, …)` without knowing
 the model (`translate.search.select`).  Nothing of a sentence is kept on the modules.
+`max_positions` is the longest sequence (source with its EOS, or target) the model can place, or None.
 
 Attention, for the models that have it (`has_attention`):
     decode_step(state, prev, need_attention=True)     also puts this step's weights in state["attention"], (B, S)
@@ -35,6 +36,7 @@ class Seq2SeqModel(Protocol):
     """What search, validation and evaluation may call on a model (see the module docstring for shapes)."""
 
     has_attention: bool
+    max_positions: int | None
     generator: nn.Linear
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> DecodingState: ...
@@ -60,6 +62,7 @@ class EncoderDecoder(nn.Module):
     """The parts of the contract that are the same for every model."""
 
     has_attention = False
+    max_positions: int | None = None  # recurrent models have no position limit
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
         """Teacher forcing: logits (B, T, V) [, attention (B, T, S)]."""

@@ -160,6 +160,10 @@ class Transformer(EncoderDecoder):
         if cfg.tie_embeddings:
             self.generator.weight = self.embedding.weight
 
+    @property
+    def max_positions(self) -> int:
+        return self.positions.pe.shape[0]
+
     def _reset_parameters(self, pad_id):
         for p in self.parameters():
             if p.dim() > 1:

@@ -1,0 +1,127 @@
+"""The ranges and choices of the config values, checked at start-up before any data is read.
+
+The schemas in `translate/config.py` fix each key's name and type (Hydra refuses unknown keys);
+these rules fix what values make sense: sizes above zero, probabilities in [0, 1], one of the
+known names.  `check_config` reports every value that breaks a rule in one line, with the default.
+"""
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from translate.config import TrainConfig
+from translate.errors import ConfigError
+from translate.models import MODELS, build_model
+from translate.models.attention import SCORERS
+from translate.models.rnn import CELLS
+from translate.optim import ADAM_KERNELS, SCHEDULES
+from translate.runtime import PRECISIONS
+
+Rule = tuple[Callable[[Any], bool], str]
+
+POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
+PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]")
+LIMIT: Rule = (lambda v: v is None or v > 0, "must be > 0, or null for all")
+DEVICE: Rule = (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "must be auto, cpu, cuda or cuda:N")
+BETAS: Rule = (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)")
+BUCKETS: Rule = (
+    lambda v: len(v) >= 2 and all(a < b for a, b in zip(v, v[1:])),
+    "must be at least two increasing bounds",
+)
+
+
+def one_of(*choices: str) -> Rule:
+    return (lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+RULES: dict[str, Rule] = {
+    **dict.fromkeys(["data.max_tokens", "data.tokenizer.vocab_size", "data.tokenizer.input_sentence_size"], POSITIVE),
+    "data.tokenizer.model_type": one_of("unigram", "bpe", "char", "word"),
+    "data.tokenizer.character_coverage": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    **dict.fromkeys(["data.train_limit", "data.valid_limit", "data.test_limit"], LIMIT),
+    "data.synthetic.task": one_of("reverse", "copy"),
+    **{f"data.synthetic.{k}": POSITIVE for k in ("symbols", "min_len", "max_len", "train_size", "valid_size")},
+    "data.synthetic.test_size": POSITIVE,
+    "model.name": one_of(*MODELS),
+    "model.cell": one_of(*CELLS),
+    "model.attention": one_of(*SCORERS),
+    **{f"model.{k}": POSITIVE for k in ("emb_dim", "hidden_dim", "enc_layers", "dec_layers", "attention_dim")},
+    **{f"model.{k}": POSITIVE for k in ("d_model", "heads", "ff_dim", "window")},
+    **dict.fromkeys(["model.dropout", "model.attention_dropout"], PROBABILITY),
+    "trainer.device": DEVICE,
+    "trainer.precision": one_of(*PRECISIONS),
+    "trainer.optimizer": one_of("adam"),
+    "trainer.adam_impl": one_of(*ADAM_KERNELS),
+    "trainer.schedule": one_of(*SCHEDULES),
+    **{f"trainer.{k}": POSITIVE for k in ("batch_tokens", "max_epochs", "concat_max", "lr", "log_every")},
+    "trainer.valid_every": POSITIVE,
+    **{f"trainer.{k}": NON_NEGATIVE for k in ("threads", "max_steps", "max_minutes", "weight_decay", "warmup_steps")},
+    **{f"trainer.{k}": NON_NEGATIVE for k in ("clip_norm", "valid_bleu_sentences", "patience", "keep_last")},
+    **{f"trainer.{k}": NON_NEGATIVE for k in ("num_samples", "attention_maps", "loss_chunk")},
+    **dict.fromkeys(["trainer.label_smoothing", "trainer.concat_prob"], PROBABILITY),
+    "trainer.betas": BETAS,
+    "eval.device": DEVICE,
+    "eval.split": one_of("test", "valid", "train"),
+    **{f"eval.{k}": POSITIVE for k in ("batch_tokens", "beam_size", "n_best", "max_len_ratio")},
+    **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty", "max_len_offset", "probe_k", "probe_per_k")},
+    **dict.fromkeys(["eval.length_buckets", "eval.probe_length_buckets"], BUCKETS),
+}
+DEFAULTS = OmegaConf.structured(TrainConfig)
+ABSENT = object()
+
+
+def broken_rules(cfg) -> list[str]:
+    """`key=value (what is wrong, default d)` for each value of `cfg` that breaks a rule; keys it lacks are skipped."""
+    broken = []
+    for key, (holds, what) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is ABSENT:
+            continue
+        value = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        try:
+            ok = holds(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            broken.append(f"{key}={value} ({what}; default {OmegaConf.select(DEFAULTS, key)})")
+    return broken
+
+
+def broken_relations(cfg) -> list[str]:
+    """Values fine alone but not together."""
+    broken = []
+    synthetic, ec = OmegaConf.select(cfg, "data.synthetic"), OmegaConf.select(cfg, "eval")
+    if synthetic is not None and synthetic.min_len > synthetic.max_len:
+        broken.append(f"data.synthetic.min_len={synthetic.min_len} > data.synthetic.max_len={synthetic.max_len}")
+    if ec is not None and ec.n_best > ec.beam_size:
+        broken.append(f"eval.n_best={ec.n_best} > eval.beam_size={ec.beam_size} (n-best lists need a beam that wide)")
+    model, tc = OmegaConf.select(cfg, "model"), OmegaConf.select(cfg, "trainer")
+    if model is not None and tc is not None and model.name == "transformer" and tc.attention_head >= model.heads:
+        broken.append(f"trainer.attention_head={tc.attention_head} but model.heads={model.heads} (-1 = their mean)")
+    return broken
+
+
+def model_errors(cfg) -> list[str]:
+    """Build the model on the meta device (no memory, no data) so that sizes that do not fit together show now."""
+    model_cfg = OmegaConf.select(cfg, "model")
+    if model_cfg is None:
+        return []
+    try:
+        with torch.device("meta"):
+            build_model(model_cfg, max(8, OmegaConf.select(cfg, "data.tokenizer.vocab_size", default=8)))
+    except (ValueError, RuntimeError) as e:
+        return [str(e)]
+    return []
+
+
+def check_config(cfg) -> None:
+    """Raise one ConfigError naming every broken value of `cfg` (a train, evaluate or translate config)."""
+    broken = broken_rules(cfg)
+    broken += broken_relations(cfg) if not broken else []
+    broken += model_errors(cfg) if not broken else []
+    if broken:
+        raise ConfigError(f"bad setting{'s' if len(broken) > 1 else ''}: {'; '.join(broken)}")
