@@ -48,3 +48,60 @@ def test_comparison_directory_names_every_changed_setting(overrides, sweep_dir):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     assert cfg.hydra.sweep.dir == f"runs/compare/{sweep_dir}"
+
+
+def test_every_number_and_choice_of_the_schemas_has_a_rule():
+    """A new size, probability or choice in translate/config.py gets a range in translate/config_rules.py."""
+    from dataclasses import fields, is_dataclass
+
+    from translate.config import TrainConfig
+    from translate.config_rules import RULES
+
+    free = {"trainer.seed", "data.synthetic.seed", "data.url", "eval.checkpoint"}
+    free |= {"data.name", "data.src_lang", "data.tgt_lang", "data.train_split", "data.valid_split", "data.test_split"}
+
+    def leaves(cls, prefix=""):
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if is_dataclass(default):
+                yield from leaves(type(default), f"{prefix}{f.name}.")
+            elif f.type in (int, float, "int", "float") or (f.type in (str, "str") and not f.name.endswith("dir")):
+                yield f"{prefix}{f.name}", f.type
+
+    unruled = [key for key, _ in leaves(TrainConfig) if key not in RULES and key not in free]
+    assert not unruled, f"keys without a rule: {unruled}"
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("trainer.warmup_steps=-1", "trainer.warmup_steps=-1 (must be >= 0"),
+        ("trainer.concat_prob=2", "trainer.concat_prob=2.0 (must be a probability in [0, 1]"),
+        ("model.cell=rnn", "model.cell=rnn (must be one of gru, lstm"),
+        ("model.attention=cosine", "model.attention=cosine (must be one of additive"),
+        ("eval.length_buckets=[10,5]", "eval.length_buckets=[10, 5] (must be at least two increasing bounds"),
+        ("data.tokenizer.model_type=wordpiece", "data.tokenizer.model_type=wordpiece (must be one of unigram"),
+        ("trainer.lr=0", "trainer.lr=0.0 (must be > 0"),
+        ("model.enc_layers=0", "model.enc_layers=0 (must be > 0"),
+        ("eval.beam_size=0", "eval.beam_size=0 (must be > 0"),
+        ("model=rnn_attention model.dec_layers=2", "rnn_attention has a single-layer decoder"),
+        ("model.d_model=30 model.heads=4", "not divisible by 4 heads"),
+    ],
+)
+def test_out_of_range_settings_are_named_with_their_default(override, named):
+    from translate.config_rules import check_config
+    from translate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^bad setting") as refused:
+        check_config(compose_train(override.split()))
+    assert named in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_default_configs_and_presets_break_no_rule():
+    from translate.config_rules import check_config
+
+    presets = [[], ["trainer=gpu"], ["trainer=debug"], ["data=synthetic", "model=rnn"], ["model=transformer_ref"]]
+    for overrides in presets:
+        check_config(compose_train(overrides))
+    for experiment in sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")):
+        check_config(compose_train([f"+experiment={experiment}"]))

@@ -64,6 +64,7 @@ RULES: dict[str, Rule] = {
     **{f"trainer.{k}": NON_NEGATIVE for k in ("num_samples", "attention_maps", "loss_chunk")},
     **dict.fromkeys(["trainer.label_smoothing", "trainer.concat_prob"], PROBABILITY),
     "trainer.betas": BETAS,
+    "trainer.attention_head": (lambda v: v >= -1, "must be a head's index, or -1 for their mean"),
     "eval.device": DEVICE,
     "eval.split": one_of("test", "valid", "train"),
     **{f"eval.{k}": POSITIVE for k in ("batch_tokens", "beam_size", "n_best", "max_len_ratio")},

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from translate.checkpoint import TrainState, find_checkpoint, load_checkpoint
+from translate.checkpoint import CheckpointError, TrainState, find_checkpoint, load_checkpoint
 from translate.config import register_configs, train_config
 from translate.config_rules import check_config
 from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
@@ -42,6 +42,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     path = find_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     cfg = train_config(ckpt["config"])
+    if not (run_dir / "tokenizer.model").is_file():
+        raise CheckpointError(
+            f"{run_dir / 'tokenizer.model'}: missing; a run directory holds the tokenizer its model was trained "
+            "with (copy it from the training run)"
+        )
     tokenizer = Tokenizer(run_dir / "tokenizer.model")
     model = build_model(cfg.model, ckpt["vocab_size"], PAD)
     model.load_state_dict(ckpt["model"])

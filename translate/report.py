@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from torch.utils.tensorboard import SummaryWriter
 
+from translate.errors import UserError, one_line_errors
 from translate.metrics import bleu_statistics, lead_growth_interval, length_bucket
 from translate.plots import bleu_by_length_figure, bucket_label, plt
 
@@ -182,9 +183,7 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
     rows = [r for r in (load_run_results(Path(d)) for d in run_dirs) if r]
     missing = sorted(set(map(str, run_dirs)) - {r["run"] for r in rows})
     if not rows:
-        raise FileNotFoundError(
-            f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first"
-        )
+        raise UserError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
     out.mkdir(parents=True, exist_ok=True)
     baseline = fixed_vector_baseline(rows)
     for r in rows:
@@ -215,6 +214,7 @@ class ReportCallback(Callback):
         print(f"report: {sweep / 'report'}")
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (trained and evaluated)")
