@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 # the environment is a target: built when missing, rebuilt when pyproject.toml is newer than it
 ENV    := $(VENV)/.installed
-HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% HOST=% PORT=%,$(MAKEOVERRIDES))
+HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% HOST=% PORT=% NPROC=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 # TensorBoard listens here; only a command-line HOST=… counts (shells export HOST as the machine's name)
 HOST := $(if $(filter command line,$(origin HOST)),$(HOST),localhost)
@@ -40,8 +40,9 @@ $(ENV): pyproject.toml
 install:  ## (re)build the environment; TORCH=torch for your platform's default (CUDA) build
 	$(MAKE) --no-print-directory --always-make $(ENV)
 
-train: $(ENV)  ## train the default model (Transformer, Multi30k de->en); any Hydra override
-	$(PY) -m translate.train $(HYDRA_ARGS)
+train: $(ENV)  ## train the default model (Transformer, Multi30k de->en); any Hydra override; NPROC=N: N ranks (torchrun)
+	$(if $(NPROC),TRANSLATE_LAUNCH_TIME=$$(date +%s) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY)) \
+		-m translate.train $(HYDRA_ARGS)
 
 eval: $(ENV)  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }

@@ -8,7 +8,9 @@ not a silently ignored setting.  Config groups mirror code modules:
 """
 
 import hashlib
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -98,6 +100,7 @@ class TrainerConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
     precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; weights and optimizer stay fp32)
     batch_tokens: int = 4096  # padded source-or-target tokens per batch, whichever is larger
+    accumulate: int = 1  # batches per update (gradient accumulation); the update sees ranks × accumulate batches
     concat_prob: float = 0.0  # probability that a training pair is joined to random others (long-input practice)
     concat_max: int = 3  # at most this many pairs joined into one example
     max_epochs: int = 30
@@ -215,7 +218,15 @@ def run_directory(resume: str | None, new: str) -> str:
     return new if resume in (None, "auto") else resume
 
 
+def launch_time(pattern: str) -> str:
+    """${launch_time:%Y-…}: $TRANSLATE_LAUNCH_TIME (seconds since the epoch) if set — one time for every rank of
+    `make train NPROC=N`, so all name the same run directory — else now."""
+    stamp = os.environ.get("TRANSLATE_LAUNCH_TIME")
+    return (datetime.fromtimestamp(int(stamp)) if stamp else datetime.now()).strftime(pattern)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
     OmegaConf.register_new_resolver("overrides_suffix", overrides_suffix, replace=True)
     OmegaConf.register_new_resolver("run_directory", run_directory, replace=True)
     cs = ConfigStore.instance()

@@ -59,6 +59,7 @@ RULES: dict[str, Rule] = {
     "trainer.schedule": one_of(*SCHEDULES),
     **{f"trainer.{k}": POSITIVE for k in ("batch_tokens", "max_epochs", "concat_max", "lr", "log_every")},
     "trainer.valid_every": POSITIVE,
+    "trainer.accumulate": POSITIVE,
     **{f"trainer.{k}": NON_NEGATIVE for k in ("threads", "max_steps", "max_minutes", "weight_decay", "warmup_steps")},
     **{f"trainer.{k}": NON_NEGATIVE for k in ("clip_norm", "valid_bleu_sentences", "patience", "keep_last")},
     **{f"trainer.{k}": NON_NEGATIVE for k in ("num_samples", "attention_maps", "loss_chunk")},

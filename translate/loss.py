@@ -85,3 +85,18 @@ def sequence_loss(model, batch, smoothing: float, ignore_index: int, chunk: int,
     if chunk:
         return linear_cross_entropy(features, model.generator.weight, target, smoothing, ignore_index, chunk)
     return smoothed_cross_entropy(model.generator(features), target, smoothing, ignore_index)
+
+
+class TrainingLoss(torch.nn.Module):
+    """A model and its training loss as one module: forward(batch) -> (loss, nll) sums, through the model's
+    `features` (or `features`, e.g. compiled) — what DistributedDataParallel wraps, so that its gradient
+    synchronisation sees the whole training forward."""
+
+    def __init__(self, model, smoothing: float, ignore_index: int, chunk: int, features=None):
+        super().__init__()
+        self.model, self.smoothing, self.ignore_index, self.chunk = model, smoothing, ignore_index, chunk
+        self.compiled_features = features
+
+    def forward(self, batch):
+        features = self.compiled_features if self.model.training else None
+        return sequence_loss(self.model, batch, self.smoothing, self.ignore_index, self.chunk, features)

@@ -15,39 +15,59 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+class NullWriter:
+    """A SummaryWriter that writes nothing: the data-parallel ranks other than 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 class TrainingProgress:
     """Sums the training NLL on the device between reports, so the loop syncs with the host only when it reports."""
 
-    def __init__(self, writer, device: torch.device):
-        self.writer, self.device = writer, device
+    def __init__(self, writer, device: torch.device, dist=None):
+        """`dist` (translate.distributed.Distributed): the loss reported is the mean over every rank's tokens,
+        shown and written by rank 0 alone."""
+        self.writer, self.device, self.dist = writer, device, dist
+        self.enabled = dist is None or dist.is_main
         self.bar = None
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
-        self.nll, self.tokens, self.since = torch.zeros((), device=self.device), 0, now
+        self.nll, self.tokens, self.all_tokens, self.since = torch.zeros((), device=self.device), 0, 0, now
 
-    def epoch(self, epoch: int, batches: int, done: int) -> tqdm:
-        self.bar = tqdm(total=batches, initial=done, desc=f"epoch {epoch + 1}", dynamic_ncols=True, mininterval=1.0)
+    def epoch(self, epoch: int, steps: int, done: int) -> tqdm:
+        self.bar = tqdm(
+            total=steps,
+            initial=done,
+            desc=f"epoch {epoch + 1}",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=not self.enabled,
+        )
         return self.bar
 
-    def add(self, nll: torch.Tensor, tokens: int) -> None:
+    def add(self, nll: torch.Tensor, tokens: int, all_tokens: int | None = None) -> None:
+        """This rank's NLL sum over its `tokens`; `all_tokens`, those of every rank (for tokens/s)."""
         self.nll += nll
         self.tokens += tokens
+        self.all_tokens += tokens if all_tokens is None else all_tokens
         self.bar.update(1)
 
     def report(self, step: int, epoch: int, lr: float, grad_norm: torch.Tensor, loud: bool, kept_step: int) -> None:
         """Scalars for `step`; a non-finite loss stops training (last.pt keeps `kept_step`)."""
         now = time.perf_counter()
-        loss = self.nll.item() / max(1, self.tokens)
+        nll, tokens = self.dist.sum([self.nll.item(), self.tokens]) if self.dist else (self.nll.item(), self.tokens)
+        loss = nll / max(1, tokens)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss at step {step}; lower trainer.lr or set trainer.clip_norm "
                 f"(last.pt keeps step {kept_step})"
             )
-        tokens_per_s = self.tokens / max(now - self.since, 1e-9)
+        tokens_per_s = self.all_tokens / max(now - self.since, 1e-9)
         for tag, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tokens_per_s), ("grad_norm", float(grad_norm))):
             self.writer.add_scalar(f"train/{tag}", value, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-        if loud:
+        if loud and self.enabled:
             log.info("step %d epoch %d loss %.3f lr %.2e %.0f target tok/s", step, epoch + 1, loss, lr, tokens_per_s)
         self._reset(now)

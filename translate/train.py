@@ -4,7 +4,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -16,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from translate.checkpoint import CheckpointError, load_checkpoint
 from translate.config import register_configs, train_config
 from translate.config_rules import check_config
+from translate.distributed import Distributed, from_environment, shutdown
 from translate.errors import ConfigError, one_line_errors
 from translate.evaluate import evaluate, format_result
 from translate.files import remove_partial_writes, write_text
@@ -77,22 +80,25 @@ def check_resumable(cfg: DictConfig, checkpoint: Path) -> None:
         log.warning("resuming with changed trainer settings: %s", ", ".join(changed))
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, dist: Distributed | None = None, device=None) -> dict:
     """Train into `run_dir` (resolved config, tokenizer, checkpoints, TensorBoard events, summary).
 
-    SIGINT or SIGTERM ends training after the current update with last.pt saved: TrainingStopped."""
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    trainer = Trainer(cfg, run_dir)
+    SIGINT or SIGTERM (on any rank) ends training after the current update with last.pt saved: TrainingStopped."""
+    dist = dist or Distributed()
+    if dist.is_main:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    trainer = Trainer(cfg, run_dir, dist, device)
     try:
         with GracefulStop() as stop:
             trainer.fit(stop)
-            if stop.requested:
+            if trainer.interrupted:
                 trainer.save("last")
-                raise TrainingStopped(stop.signum, trainer.state.step)
+                raise TrainingStopped(stop.signum or signal.SIGTERM, trainer.state.step)
     finally:
         trainer.close()
     summary = run_summary(trainer)
-    write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    if dist.is_main:
+        write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     bleu, steps, minutes = summary["best_valid_bleu"], summary["steps"], summary["train_minutes"]
     log.info("done: best valid BLEU %.2f after %d steps, %.1f min; run directory %s", bleu, steps, minutes, run_dir)
     return summary
@@ -113,6 +119,7 @@ def run_summary(trainer: Trainer) -> dict:
         "tokens_per_s": round(state.tokens_trained / step_seconds, 1),
         "best_valid_bleu": state.best_bleu,
         "device": str(trainer.device),
+        "ranks": trainer.dist.world_size,
         "threads": torch.get_num_threads(),
     }
 
@@ -129,42 +136,63 @@ def resume_command(run_dir: Path) -> str:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return "the same make compare / -m command again (resume=auto picks up every run)"
     kept = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
-    return shlex.join(["make", "train", *kept, f"resume={run_dir}"])
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    return shlex.join(["make", "train", *([f"NPROC={ranks}"] if ranks > 1 else []), *kept, f"resume={run_dir}"])
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
+    dist, device = from_environment(cfg.trainer.device)
+    try:
+        train_once(cfg, dist, device)
+    finally:
+        shutdown()
+
+
+def train_once(cfg: DictConfig, dist: Distributed, device) -> None:
+    """The checks and the lock on rank 0, training on every rank; rank 0's decisions are every rank's."""
     run_dir, auto = Path(HydraConfig.get().runtime.output_dir), cfg.resume == "auto"
     if cfg.resume and not auto:
         run_dir = Path(cfg.resume)
         if not (run_dir / "last.pt").is_file():
             raise CheckpointError(f"resume={run_dir}: no last.pt there; give a run directory written by make train")
-    with run_lock(run_dir):
-        remove_partial_writes(run_dir)
-        if auto:
-            check_same_run(cfg, run_dir)
-            cfg.resume = str(run_dir) if (run_dir / "last.pt").exists() else None
-        if cfg.resume:
-            check_resumable(cfg, run_dir / "last.pt")
-        elif (run_dir / "last.pt").exists():
-            raise ConfigError(
-                f"{run_dir} already holds a run (last.pt); continue it with resume={run_dir}, "
-                "or train into another directory (hydra.run.dir=…)"
-            )
-        if auto and (run_dir / SUMMARY).exists():
+    run_dir = Path(dist.broadcast(str(run_dir)))  # each rank's Hydra may have stamped another second
+    with run_lock(run_dir) if dist.is_main else nullcontext():
+        finished = dist.is_main and prepare_run_dir(cfg, run_dir, auto)
+        cfg.resume, finished = dist.broadcast((cfg.resume, finished))
+        if finished:
             log.info("%s is finished (%s exists): not training again", run_dir, SUMMARY)
         else:
             try:
-                train(cfg, run_dir)
+                train(cfg, run_dir, dist, device)
             except TrainingStopped as stopped:
-                log.warning("%s; %s holds it", stopped, run_dir / "last.pt")
-                print(f"{stopped}; last.pt saved. resume:\n  {resume_command(run_dir)}", file=sys.stderr)
+                if dist.is_main:
+                    log.warning("%s; %s holds it", stopped, run_dir / "last.pt")
+                    print(f"{stopped}; last.pt saved. resume:\n  {resume_command(run_dir)}", file=sys.stderr)
                 sys.exit(stopped.exit_code)
-    if cfg.evaluate and not (run_dir / "eval" / "test.json").exists():
-        print(format_result(evaluate(run_dir, cfg.eval)))
-    print(next_commands(run_dir))
+    if dist.is_main:
+        if cfg.evaluate and not (run_dir / "eval" / "test.json").exists():
+            print(format_result(evaluate(run_dir, cfg.eval)))
+        print(next_commands(run_dir))
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path, auto: bool) -> bool:
+    """Under the lock: clear what a killed writer left, refuse to resume another run or to overwrite one, and
+    set cfg.resume for resume=auto; True if the run is already finished."""
+    remove_partial_writes(run_dir)
+    if auto:
+        check_same_run(cfg, run_dir)
+        cfg.resume = str(run_dir) if (run_dir / "last.pt").exists() else None
+    if cfg.resume:
+        check_resumable(cfg, run_dir / "last.pt")
+    elif (run_dir / "last.pt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run (last.pt); continue it with resume={run_dir}, "
+            "or train into another directory (hydra.run.dir=…)"
+        )
+    return auto and (run_dir / SUMMARY).exists()
 
 
 if __name__ == "__main__":

@@ -118,3 +118,13 @@ def collate_examples(src: list[list[int]], tgt: list[list[int]], examples: list[
     """A batch of training examples, each the pairs it names joined (source to source, target to target)."""
     join = lambda side, example: [t for i in example for t in side[i]]  # noqa: E731
     return collate([join(src, e) for e in examples], [join(tgt, e) for e in examples], [e[0] for e in examples])
+
+
+def split_batch(examples: list, parts: int) -> list[list]:
+    """A batch cut into `parts` contiguous shares of nearly equal size (its examples are sorted by length, so the
+    shares hold nearly equal tokens): one per rank and accumulation step.  Shares past the examples are empty."""
+    size, extra = divmod(len(examples), parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [examples[a:b] for a, b in zip(bounds, bounds[1:])]

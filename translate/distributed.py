@@ -1,0 +1,81 @@
+"""Data parallelism with torchrun: one process (rank) per device, PyTorch's DistributedDataParallel.
+
+    torchrun --standalone --nproc_per_node=N -m translate.train …      (or: make train NPROC=N)
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; the process group uses nccl on CUDA and gloo on CPU.
+Every rank builds the same batch order (seed and epoch); a step takes world_size × trainer.accumulate
+consecutive batches of it, and rank r trains on its own `accumulate` of them, so the effective batch is
+N × accumulate × trainer.batch_tokens and every rank takes the same number of steps.  Rank 0 alone
+writes the run directory.  Without those variables everything here is a no-op for one process.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from translate.runtime import resolve_device
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks (one all-reduce)."""
+        if not self.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather(self, obj) -> list:
+        """`obj` of every rank, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def from_environment(device_name: str) -> tuple[Distributed, torch.device]:
+    """This process's rank and device; joins the process group when started by torchrun with WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world_size == 1:
+        return Distributed(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size, local_rank), device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
