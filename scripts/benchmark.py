@@ -111,8 +111,8 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    flops, tokens, features = 0, 0, trainer.features
-    trainer.features = trainer.model.features  # count the eager model, compiled or not
+    flops, tokens, compiled = 0, 0, trainer.training_loss.compiled_features
+    trainer.training_loss.compiled_features = None  # count the eager model, compiled or not
     for example in examples[:sample]:
         batch = trainer.collate([example])
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # MATH: SDPA as countable matmuls
@@ -120,7 +120,7 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
             loss.backward()
         flops, tokens = flops + counter.get_total_flops(), tokens + batch.num_tgt_tokens
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.features = features
+    trainer.training_loss.compiled_features = compiled
     return flops / tokens
 
 
@@ -137,14 +137,14 @@ def bench_train(setting: str, steps: int, warmup: int) -> dict:
             started = time.perf_counter()
             batch = trainer.collate(order[i % len(order)])
             built = time.perf_counter()
-            trainer.train_step(batch)
+            trainer.train_step([(batch, 1.0)], batch.num_tgt_tokens)
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
                 rates.append(batch.num_tgt_tokens / (time.perf_counter() - started))
                 collate_ms.append(1000 * (built - started))
                 real, padded = real + batch.num_tgt_tokens, padded + batch.tgt_out.numel()
-        trainer.writer.close()
+        trainer.close()
     tokens_per_s = statistics.median(rates)
     return {
         "parameters": trainer.num_parameters,
