@@ -266,7 +266,7 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(tensor, y[name]), name
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_saves_last_pt_prints_the_resume_command_and_the_resumed_run_is_exact(sig, straight, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_training(tmp_path, run_dir, "trainer.max_steps=60")

@@ -6,6 +6,7 @@ A training checkpoint (`last.pt`, `best.pt`, `step_<N>.pt`) holds, in format 2:
     model         the model's state_dict
     optimizer     the optimizer's state_dict
     scheduler     the learning-rate schedule's state_dict
+    scaler        fp16: the GradScaler's state_dict (its loss scale); {} otherwise
     train_state   TrainState as a dict: counters, batch position, best score, patience, RNG states
     config        the resolved training config (a dict)
     vocab_size    the tokenizer's vocabulary size
@@ -46,6 +47,7 @@ class TrainState:
     train_seconds: float = 0.0
     valid_seconds: float = 0.0
     tokens_trained: int = 0
+    skipped_steps: int = 0  # fp16: updates the GradScaler skipped (gradients overflowed)
     rng: dict = field(default_factory=dict)  # translate.runtime.rng_states() at the time of saving
 
     def record_validation(self, bleu: float) -> bool:
@@ -63,20 +65,25 @@ class TrainState:
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
-def training_checkpoint(model, optimizer, scheduler, state: TrainState, config: dict, vocab_size: int) -> dict:
+def training_checkpoint(
+    model, optimizer, scheduler, state: TrainState, config: dict, vocab_size: int, scaler=None
+) -> dict:
     """The checkpoint dict of a training run (layout above)."""
     return {
         "format": FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "train_state": asdict(state),
         "config": config,
         "vocab_size": vocab_size,
     }
 
 
-def restore_training(ckpt: dict, model, optimizer, scheduler, path: str | Path = "checkpoint") -> TrainState:
+def restore_training(
+    ckpt: dict, model, optimizer, scheduler, path: str | Path = "checkpoint", scaler=None
+) -> TrainState:
     """Load weights, optimizer and schedule from a training checkpoint into the objects given; return its TrainState."""
     missing = [key for key in ("optimizer", "scheduler") if key not in ckpt]
     if missing:
@@ -91,6 +98,8 @@ def restore_training(ckpt: dict, model, optimizer, scheduler, path: str | Path =
             "resume with the settings the run was started with"
         ) from None
     scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     return TrainState.from_checkpoint(ckpt)
 
 

@@ -2,7 +2,8 @@
 
     torchrun --standalone --nproc_per_node=N -m translate.train …      (or: make train NPROC=N)
 
-torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; the process group uses nccl on CUDA and gloo on CPU.
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (under SLURM, submitit sets them from SLURM's variables);
+the process group uses nccl on CUDA and gloo on CPU.
 Every rank builds the same batch order (seed and epoch); a step takes world_size × trainer.accumulate
 consecutive batches of it, and rank r trains on its own `accumulate` of them, so the effective batch is
 N × accumulate × trainer.batch_tokens and every rank takes the same number of steps.  Rank 0 alone
@@ -62,7 +63,12 @@ class Distributed:
 
 
 def from_environment(device_name: str) -> tuple[Distributed, torch.device]:
-    """This process's rank and device; joins the process group when started by torchrun with WORLD_SIZE > 1."""
+    """This process's rank and device; joins the process group when started by torchrun with WORLD_SIZE > 1, or
+    as one of several tasks of a SLURM job started by submitit (hydra/launcher=slurm)."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        import submitit  # the cluster extra: pip install -e ".[cluster]"
+
+        submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR, … from SLURM's
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world_size == 1:

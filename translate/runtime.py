@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from translate.errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
@@ -23,7 +25,7 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 BF16_CPU_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}  # /proc/cpuinfo flag -> unit
 
 
@@ -45,10 +47,16 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast when precision is bf16 (CPUs with AVX512-BF16 / AMX, recent GPUs), else a no-op."""
+    """bf16 autocast (CPUs with AVX512-BF16 / AMX, recent GPUs), fp16 autocast (CUDA; the trainer scales the loss
+    with a GradScaler), or a no-op for fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown trainer.precision={precision!r}; choose {' or '.join(PRECISIONS)}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.precision=fp16 needs a CUDA device (this run: {device.type}); on a CPU use bf16 or fp32"
+        )
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
 
 
 def heap_trimmer():

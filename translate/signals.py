@@ -1,4 +1,5 @@
-"""A graceful stop: SIGINT (Ctrl-C) or SIGTERM asks training to finish its update, save last.pt and exit.
+"""A graceful stop: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 (a scheduler's warning before it preempts or times out
+a job) asks training to finish its update, save last.pt and exit.
 
     with GracefulStop() as stop:
         while …:
@@ -6,9 +7,12 @@
             if stop.requested:
                 break           # the caller saves and raises TrainingStopped
 
-A second SIGINT or SIGTERM aborts at once (KeyboardInterrupt); the checkpoints already on disk
-are whole either way, since they are written by rename.  The exit code is 128 + the signal's
-number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process the signal ended.
+A second signal aborts at once (KeyboardInterrupt); the checkpoints already on disk are whole
+either way, since they are written by rename.  The exit code is 128 + the signal's number (130 for
+SIGINT, 143 for SIGTERM, 138 for SIGUSR1), as a shell reports a process the signal ended.
+
+Under SLURM through Hydra's submitit launcher, submitit's own SIGUSR1 handler requeues the job;
+`hand_on()` calls it once last.pt is saved, so the requeued job resumes from it (resume=auto).
 """
 
 import logging
@@ -17,7 +21,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ())
 
 
 class TrainingStopped(Exception):
@@ -50,6 +54,12 @@ class GracefulStop:
         log.warning(
             "%s: finishing this update, then saving last.pt (Ctrl-C again aborts at once)", signal.Signals(signum).name
         )
+
+    def hand_on(self) -> None:
+        """Call the handler that was in place before for the signal received (e.g. submitit's requeue)."""
+        previous = self.previous.get(self.signum)
+        if callable(previous) and previous not in (signal.default_int_handler,):
+            previous(self.signum, None)
 
     def _again(self, signum, frame) -> None:
         raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted")

@@ -93,6 +93,7 @@ def train(cfg: DictConfig, run_dir: Path, dist: Distributed | None = None, devic
             trainer.fit(stop)
             if trainer.interrupted:
                 trainer.save("last")
+                stop.hand_on()  # a scheduler's own handler (submitit: requeue), now that last.pt is saved
                 raise TrainingStopped(stop.signum or signal.SIGTERM, trainer.state.step)
     finally:
         trainer.close()
@@ -118,6 +119,7 @@ def run_summary(trainer: Trainer) -> dict:
         "target_tokens": state.tokens_trained,
         "tokens_per_s": round(state.tokens_trained / step_seconds, 1),
         "best_valid_bleu": state.best_bleu,
+        "skipped_steps": state.skipped_steps,
         "device": str(trainer.device),
         "ranks": trainer.dist.world_size,
         "threads": torch.get_num_threads(),

@@ -80,6 +80,7 @@ class Trainer:
         self.num_parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, self.tc)
         self.scheduler = build_scheduler(self.optimizer, self.tc)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.tc.precision == "fp16")
         self.stop_requested, self.interrupted = (lambda: False), False
         self.trim_heap = heap_trimmer() if self.tc.release_memory and self.device.type == "cpu" else lambda: None
         self.state = TrainState()
@@ -109,7 +110,7 @@ class Trainer:
                 f"{path}: its vocabulary has {ckpt['vocab_size']} pieces, this run's tokenizer "
                 f"{len(self.data.tokenizer)}; resume with the run's data settings"
             )
-        self.state = restore_training(ckpt, self.model, self.optimizer, self.scheduler, path)
+        self.state = restore_training(ckpt, self.model, self.optimizer, self.scheduler, path, self.scaler)
         ranks = self.state.rng.get("ranks")  # saved by a data-parallel run: one state per rank
         restore_rng_states(ranks[min(self.dist.rank, len(ranks) - 1)] if ranks else self.state.rng)
         if self.main and path.name == "last.pt" and repair_best(self.run_dir, self.state):
@@ -125,7 +126,7 @@ class Trainer:
         self.state.rng = rng[0] if len(rng) == 1 else {"ranks": rng}
         config = OmegaConf.to_container(self.cfg, resolve=True)
         ckpt = training_checkpoint(
-            self.model, self.optimizer, self.scheduler, self.state, config, len(self.data.tokenizer)
+            self.model, self.optimizer, self.scheduler, self.state, config, len(self.data.tokenizer), self.scaler
         )
         save_checkpoint(ckpt, self.run_dir / f"{name}.pt")
 
@@ -183,11 +184,18 @@ class Trainer:
             last = i == len(batches) - 1  # DDP synchronises gradients on the last micro-batch only
             with nullcontext() if last or not self.dist.enabled else self.training_loss.no_sync():
                 loss, nll = self.loss(batch)
-                (loss * (scale * weight)).backward()
+                self.scaler.scale(loss * (scale * weight)).backward()
             nll_sum = nll_sum + nll * weight
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients for clipping (no-op otherwise)
         clip = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            scale_before = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped if a gradient overflowed; the scale then shrinks
+            self.scaler.update()
+            self.state.skipped_steps += int(self.scaler.get_scale() < scale_before)
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.trim_heap()
         return nll_sum, grad_norm
