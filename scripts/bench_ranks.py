@@ -1,0 +1,108 @@
+"""Data parallel ranks against threads on one machine, measured in one run.
+
+    python scripts/bench_ranks.py [--steps 60] [--ranks 2] [--out docs/ranks]
+
+Trains the default Transformer on Multi30k de→en for --steps updates of the same effective batch
+(ranks × 2,048 tokens per update) two ways, one after the other: torchrun with --ranks ranks of
+1 thread each, and one process with --ranks threads.  Prints and writes <out>.md / <out>.json:
+target tokens/s (the runs' own count: tokens over training seconds, validation excluded), the
+peak RSS of the largest process, and the host.
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from translate.runtime import cpu_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+# runs a command and prints the peak RSS (kB) of the largest process it started, ranks included
+MEASURED = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
+)
+SETTINGS = ["trainer.valid_every=100000", "trainer.valid_bleu_sentences=20", "trainer.max_minutes=0"]
+
+
+def train(run_dir: Path, steps: int, ranks: int, threads: int, batch_tokens: int) -> dict:
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    command = [*launcher, "-m", "translate.train", *SETTINGS, f"trainer.max_steps={steps}"]
+    command += [f"trainer.threads={threads}", f"trainer.batch_tokens={batch_tokens}", f"hydra.run.dir={run_dir}"]
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", MEASURED, *command], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    peak_kb = int(done.stderr.strip().splitlines()[-1])
+    return {
+        "ranks": ranks,
+        "threads_per_rank": threads,
+        "batch_tokens_per_rank": batch_tokens,
+        "steps": summary["steps"],
+        "target_tokens": summary["target_tokens"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "peak_rss_mb_largest_process": round(peak_kb / 1024),
+    }
+
+
+def host() -> str:
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    units = sorted(flag for flag in cpu_flags() if flag.startswith(("avx512", "amx")) or flag == "avx2")
+    return f"{name}, {torch.get_num_threads()} cores, {' '.join(units) or 'no AVX'}, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "ranks")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ranks, threads, tokens in ((args.ranks, 1, 2048), (1, args.ranks, 2048 * args.ranks)):
+            row = train(Path(tmp) / f"ranks{ranks}", args.steps, ranks, threads, tokens)
+            rows.append(row)
+            print(row, flush=True)
+    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    result = {"host": host(), "rows": rows, "ranks_over_threads": round(ratio, 2)}
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# {args.ranks} ranks × 1 thread against 1 process × {args.ranks} threads",
+        "",
+        f"Host: {result['host']}. Default Transformer, Multi30k de→en, {args.steps} updates of "
+        f"{args.ranks} × 2,048 tokens each way, one after the other (`python scripts/bench_ranks.py`).",
+        "",
+        "| ranks × threads | tokens per rank per batch | target tokens/s | peak RSS, largest process (MB) |",
+        "|---|---|---|---|",
+        *(
+            f"| {r['ranks']} × {r['threads_per_rank']} | {r['batch_tokens_per_rank']:,} | {r['tokens_per_s']:,.0f} | "
+            f"{r['peak_rss_mb_largest_process']:,} |"
+            for r in rows
+        ),
+        "",
+        f"Ranks over threads: {ratio:.2f}×.",
+        "",
+    ]
+    args.out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
