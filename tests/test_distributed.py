@@ -1,6 +1,7 @@
 """Data parallel training for real: torchrun, 2 ranks × 1 thread on gloo, against one process."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -159,3 +160,11 @@ def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(tmp_path):
     os.kill(max(ranks), signal.SIGKILL)
     _, stderr = job.communicate(timeout=120)  # a hang would time out here
     assert job.returncode != 0 and "translate.train FAILED" in stderr
+
+
+def test_compiled_model_trains_under_ddp(tmp_path):
+    """trainer.compile=true: torch.compile's graph of the model's features inside DistributedDataParallel."""
+    compiled = ["trainer.batch_tokens=600", "trainer.max_steps=4", "trainer.compile=true"]
+    train(tmp_path, tmp_path / "run", *compiled, ranks=2)
+    assert TrainState.from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt")).step == 4
+    assert all(math.isfinite(loss) for loss in losses(tmp_path / "run"))

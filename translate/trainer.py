@@ -179,12 +179,12 @@ class Trainer:
         step (all ranks); returns the summed NLL and the gradient norm (tensors: no host sync)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        nll_sum, scale = 0.0, self.dist.world_size / tokens  # DDP averages the ranks' gradients: undo the mean
+        nll_sum, per_rank = 0.0, tokens / self.dist.world_size  # DDP averages the ranks' gradients: undo the mean
         for i, (batch, weight) in enumerate(batches):
             last = i == len(batches) - 1  # DDP synchronises gradients on the last micro-batch only
             with nullcontext() if last or not self.dist.enabled else self.training_loss.no_sync():
                 loss, nll = self.loss(batch)
-                self.scaler.scale(loss * (scale * weight)).backward()
+                self.scaler.scale(loss * weight / per_rank).backward()  # one process: loss / tokens, as ever
             nll_sum = nll_sum + nll * weight
         self.scaler.unscale_(self.optimizer)  # fp16: true gradients for clipping (no-op otherwise)
         clip = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
