@@ -111,16 +111,16 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    flops, tokens, compiled = 0, 0, trainer.training_loss.compiled_features
-    trainer.training_loss.compiled_features = None  # count the eager model, compiled or not
+    flops, tokens, compiled = 0, 0, trainer.update.training_loss.compiled_features
+    trainer.update.training_loss.compiled_features = None  # count the eager model, compiled or not
     for example in examples[:sample]:
         batch = trainer.collate([example])
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # MATH: SDPA as countable matmuls
-            loss, _ = trainer.loss(batch)
+            loss, _ = trainer.update.loss(batch)
             loss.backward()
         flops, tokens = flops + counter.get_total_flops(), tokens + batch.num_tgt_tokens
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.training_loss.compiled_features = compiled
+    trainer.update.optimizer.zero_grad(set_to_none=True)
+    trainer.update.training_loss.compiled_features = compiled
     return flops / tokens
 
 
@@ -137,7 +137,7 @@ def bench_train(setting: str, steps: int, warmup: int) -> dict:
             started = time.perf_counter()
             batch = trainer.collate(order[i % len(order)])
             built = time.perf_counter()
-            trainer.train_step([(batch, 1.0)], batch.num_tgt_tokens)
+            trainer.update.step([(batch, 1.0)], batch.num_tgt_tokens)
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:

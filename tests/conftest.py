@@ -50,6 +50,14 @@ SMALL_MODELS = {
 }
 
 
+def tiny_synthetic(train_size: int, eval_size: int, max_len: int) -> list[str]:
+    """Overrides for a one-layer Transformer (d_model 32) on a small reversal task: runs of a few seconds."""
+    sizes = {"train": train_size, "valid": eval_size, "test": eval_size}
+    data = [f"data.synthetic.{split}_size={n}" for split, n in sizes.items()]
+    model = ["model.d_model=32", "model.heads=2", "model.ff_dim=64", "model.enc_layers=1", "model.dec_layers=1"]
+    return ["data=synthetic", *data, f"data.synthetic.max_len={max_len}", *model]
+
+
 @pytest.fixture
 def small_cfg(tmp_path):
     """A config for a tiny model on a slice of Multi30k, with the tokenizer cache in tmp_path's parent."""

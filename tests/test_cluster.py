@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
+from conftest import compose_train, tiny_synthetic
 
 from translate.checkpoint import load_checkpoint, restore_training
 from translate.errors import ConfigError
@@ -17,16 +17,7 @@ from translate.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data=synthetic",
-    "data.synthetic.train_size=300",
-    "data.synthetic.valid_size=8",
-    "data.synthetic.test_size=8",
-    "data.synthetic.max_len=8",
-    "model.d_model=32",
-    "model.heads=2",
-    "model.ff_dim=64",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
+    *tiny_synthetic(train_size=300, eval_size=8, max_len=8),
     "trainer.batch_tokens=300",
     "trainer.valid_every=2",
     "trainer.max_steps=2",
@@ -46,23 +37,23 @@ def test_the_grad_scaler_skips_an_overflowed_update_counts_it_and_is_checkpointe
     """fp16's GradScaler in the real loop (enabled on CPU here, where fp16 itself is refused): an update whose
     gradients overflow is skipped and counted, the loss scale halves, and last.pt keeps both."""
     trainer = Trainer(tiny(tmp_path, "trainer.max_steps=1"), tmp_path / "run")
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.update.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
-    real = trainer.loss
-    monkeypatch.setattr(trainer, "loss", lambda batch: (real(batch)[0] * float("inf"), real(batch)[1]))
+    real = trainer.update.loss
+    monkeypatch.setattr(trainer.update, "loss", lambda batch: (real(batch)[0] * float("inf"), real(batch)[1]))
     trainer.fit()
-    assert trainer.state.skipped_steps == 1 and trainer.scaler.get_scale() == 512.0
+    assert trainer.state.skipped_steps == 1 and trainer.update.scaler.get_scale() == 512.0
     assert all(torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())  # not applied
 
-    monkeypatch.setattr(trainer, "loss", real)
+    monkeypatch.setattr(trainer.update, "loss", real)
     trainer.tc.max_steps = 3
     trainer.fit()  # finite gradients: applied, the scale kept
-    assert trainer.state.skipped_steps == 1 and trainer.scaler.get_scale() == 512.0
+    assert trainer.state.skipped_steps == 1 and trainer.update.scaler.get_scale() == 512.0
     assert not all(torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["scaler"]["scale"] == 512.0 and ckpt["train_state"]["skipped_steps"] == 1
     scaler = torch.amp.GradScaler("cpu")
-    restore_training(ckpt, trainer.model, trainer.optimizer, trainer.scheduler, scaler=scaler)
+    restore_training(ckpt, trainer.model, trainer.update.optimizer, trainer.update.scheduler, scaler=scaler)
     assert scaler.get_scale() == 512.0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_synthetic
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.checkpoint import TrainState, load_checkpoint
@@ -18,16 +19,7 @@ from translate.checkpoint import TrainState, load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TINY = [
-    "data=synthetic",
-    "data.synthetic.train_size=1200",
-    "data.synthetic.valid_size=12",
-    "data.synthetic.test_size=12",
-    "data.synthetic.max_len=12",
-    "model.d_model=32",
-    "model.heads=2",
-    "model.ff_dim=64",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
+    *tiny_synthetic(train_size=1200, eval_size=12, max_len=12),
     "model.dropout=0.0",  # dropout draws differ between one process and two: the sums are compared exactly
     "trainer.warmup_steps=4",
     "trainer.log_every=1",

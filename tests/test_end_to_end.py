@@ -166,8 +166,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(multi30k_dir, s
     trainer = Trainer(small_cfg("rnn", *STEPS), tmp_path / "run")
     trainer.validate()  # writes last.pt / best.pt
     before = (tmp_path / "run" / "last.pt").read_bytes()
-    original = trainer.loss
-    monkeypatch.setattr(trainer, "loss", lambda batch: tuple(x * float("nan") for x in original(batch)))
+    original = trainer.update.loss
+    monkeypatch.setattr(trainer.update, "loss", lambda batch: tuple(x * float("nan") for x in original(batch)))
     with pytest.raises(NonFiniteLossError, match="non-finite training loss at step 2; lower trainer.lr"):
         trainer.fit()
     assert (tmp_path / "run" / "last.pt").read_bytes() == before

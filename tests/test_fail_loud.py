@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_synthetic
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.checkpoint import CheckpointError, TrainState, load_checkpoint
@@ -19,16 +20,7 @@ from translate.errors import EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data=synthetic",
-    "data.synthetic.train_size=600",
-    "data.synthetic.valid_size=12",
-    "data.synthetic.test_size=12",
-    "data.synthetic.max_len=10",
-    "model.d_model=32",
-    "model.heads=2",
-    "model.ff_dim=64",
-    "model.enc_layers=1",
-    "model.dec_layers=1",
+    *tiny_synthetic(train_size=600, eval_size=12, max_len=10),
     "trainer.batch_tokens=300",
     "trainer.warmup_steps=5",
     "trainer.log_every=2",
@@ -73,13 +65,17 @@ def step_of(path: Path) -> int:
     return TrainState.from_checkpoint(load_checkpoint(path)).step
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny finished run (20 updates), trained by a real process."""
-    tmp = tmp_path_factory.mktemp("trained")
-    done = run("-m", "translate.train", *tiny(tmp, "trainer.max_steps=20"), f"hydra.run.dir={tmp / 'run'}")
+def finished_run(tmp: Path, steps: int) -> Path:
+    """A tiny run of `steps` updates, trained to the end by a real process."""
+    done = run("-m", "translate.train", *tiny(tmp, f"trainer.max_steps={steps}"), f"hydra.run.dir={tmp / 'run'}")
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny finished run (20 updates)."""
+    return finished_run(tmp_path_factory.mktemp("trained"), 20)
 
 
 # ---- settings ------------------------------------------------------------------------------------------------------
@@ -254,10 +250,7 @@ def test_one_writer_per_run_directory_and_no_stale_lock_after_kill_9(tmp_path):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
     """An uninterrupted run of 60 updates, the reference for the interrupted ones."""
-    tmp = tmp_path_factory.mktemp("straight")
-    done = run("-m", "translate.train", *tiny(tmp, "trainer.max_steps=60"), f"hydra.run.dir={tmp / 'run'}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp / "run"
+    return finished_run(tmp_path_factory.mktemp("straight"), 60)
 
 
 def same_weights(a: Path, b: Path) -> None:

@@ -82,9 +82,15 @@ def training_checkpoint(
 
 
 def restore_training(
-    ckpt: dict, model, optimizer, scheduler, path: str | Path = "checkpoint", scaler=None
+    ckpt: dict, model, optimizer, scheduler, path: str | Path = "checkpoint", scaler=None, vocab_size: int | None = None
 ) -> TrainState:
-    """Load weights, optimizer and schedule from a training checkpoint into the objects given; return its TrainState."""
+    """Load weights, optimizer and schedule from a training checkpoint into the objects given; return its TrainState.
+    With `vocab_size` (the run's tokenizer), a checkpoint of another vocabulary is refused by name."""
+    if vocab_size is not None and ckpt.get("vocab_size", vocab_size) != vocab_size:
+        raise CheckpointError(
+            f"{path}: its vocabulary has {ckpt['vocab_size']} pieces, this run's tokenizer {vocab_size}; "
+            "resume with the run's data settings"
+        )
     missing = [key for key in ("optimizer", "scheduler") if key not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: holds weights only (no {' or '.join(missing)}: averaged?); resume from last.pt")
@@ -162,7 +168,7 @@ def repair_best(run_dir: str | Path, state: TrainState) -> bool:
     best = run_dir / "best.pt"
     if state.best_step != state.step or state.best_bleu < 0:
         return False
-    if best.is_file() and TrainState.from_checkpoint(load_checkpoint(best)).step == state.step:
+    if best.is_file() and TrainState.from_checkpoint(load_checkpoint(best, mmap=True)).step == state.step:
         return False
     link_checkpoint(run_dir / "last.pt", best)
     return True
@@ -182,6 +188,13 @@ def keep_numbered(run_dir: str | Path, step: int, keep_last: int) -> None:
     link_checkpoint(run_dir / "last.pt", run_dir / f"step_{step}.pt")
     for old in numbered_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+
+
+def keep_checkpoints(run_dir: str | Path, step: int, keep_last: int, improved: bool) -> None:
+    """After last.pt is written at a validation: its numbered copy (keep_numbered) and, if it scored best, best.pt."""
+    keep_numbered(run_dir, step, keep_last)
+    if improved:
+        link_checkpoint(Path(run_dir) / "last.pt", Path(run_dir) / "best.pt")
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:

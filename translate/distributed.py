@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from translate.runtime import resolve_device
 
@@ -52,6 +53,21 @@ class Distributed:
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, obj)
         return gathered
+
+    def main_first(self, work):
+        """`work()` on rank 0, then on the others (e.g. rank 0 builds a cache the others then read)."""
+        if not self.is_main:
+            self.barrier()
+        result = work()
+        if self.is_main:
+            self.barrier()
+        return result
+
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`module` in DistributedDataParallel when there are several ranks, else itself."""
+        if not self.enabled:
+            return module
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""

@@ -4,9 +4,13 @@ rate and gradient norm, as TensorBoard scalars, on the progress bar and, every t
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from translate.validate import write_validation
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +24,17 @@ class NullWriter:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+def event_writers(run_dir: Path, step: int, train_seconds: float, enabled: bool = True):
+    """The run's TensorBoard writers: by step, and by training second (`tensorboard/by_time`, its own x axis,
+    so its own event files).  After a resume (step > 0) the events a killed run wrote past its checkpoint
+    are dropped by TensorBoard (purge_step): no step appears twice.  NullWriters where not `enabled`."""
+    if not enabled:
+        return NullWriter(), NullWriter()
+    resumed, events = step > 0, run_dir / "tensorboard"
+    writer = SummaryWriter(str(events), purge_step=step + 1 if resumed else None)
+    return writer, SummaryWriter(str(events / "by_time"), purge_step=int(train_seconds) + 1 if resumed else None)
 
 
 class TrainingProgress:
@@ -71,3 +86,17 @@ class TrainingProgress:
         if loud and self.enabled:
             log.info("step %d epoch %d loss %.3f lr %.2e %.0f target tok/s", step, epoch + 1, loss, lr, tokens_per_s)
         self._reset(now)
+
+
+def show_validation(
+    writers, step: int, train_seconds: float, seconds: float, improved: bool, result, pairs, num_samples: int, images
+) -> None:
+    """A validation during training: TensorBoard (by step; BLEU also by training second) and the log."""
+    writer, time_writer = writers
+    write_validation(writer, "valid", step, result, pairs, num_samples, images)
+    time_writer.add_scalar("valid/bleu_by_train_second", result.bleu, int(train_seconds))
+    writer.add_scalar("valid/seconds", seconds, step)
+    writer.flush()
+    time_writer.flush()
+    scores = f"loss {result.loss:.3f} ppl {result.ppl:.2f} BLEU {result.bleu:.2f} chrF {result.scores['chrf']:.2f}"
+    log.info("step %d valid %s%s (%.1fs)", step, scores, " *best*" if improved else "", seconds)

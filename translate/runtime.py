@@ -78,6 +78,10 @@ def rng_states() -> dict:
     return {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])}
 
 
-def restore_rng_states(states: dict) -> None:
+def restore_rng_states(states: dict, rank: int = 0) -> None:
+    """The streams of `rng_states()`; of a data-parallel run ({"ranks": [...]}), this rank's (the last rank's
+    where the run had fewer ranks)."""
+    if "ranks" in states:
+        states = states["ranks"][min(rank, len(states["ranks"]) - 1)]
     torch.set_rng_state(states["torch_rng"])
     random.setstate((3, tuple(states["python_rng"]), None))

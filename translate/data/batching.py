@@ -5,11 +5,14 @@ longer of source and target counts).  The order of batches depends only on a
 seed and the epoch number, so a run can be replayed or resumed exactly.
 """
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from translate.data.tokenizer import BOS, EOS, PAD
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,6 +109,13 @@ def sorted_batch_order(lengths: list[int], batch_tokens: int) -> list[list[int]]
     return [[order[j] for j in b] for b in token_batches([lengths[i] for i in order], batch_tokens)]
 
 
+def joining_probability(concat_prob: float, joinable: bool, corpus: str) -> float:
+    """trainer.concat_prob, or 0 for a corpus whose joined pairs are not pairs (data.joinable=false), said once."""
+    if concat_prob > 0 and not joinable:
+        log.warning("data.joinable=false (%s): joined pairs are not pairs; trainer.concat_prob ignored", corpus)
+    return concat_prob if joinable else 0.0
+
+
 def training_batches(lengths: list[int], batch_tokens: int, concat_prob: float, concat_max: int, seed: int, epoch: int):
     """One epoch's batches of training examples — tuples of pair indices joined into one example (see
     concatenation_plan) — bucketed by length; fixed by (seed, epoch), so a resumed run replays them exactly."""
@@ -128,3 +138,10 @@ def split_batch(examples: list, parts: int) -> list[list]:
     for i in range(parts):
         bounds.append(bounds[-1] + size + (i < extra))
     return [examples[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def rank_shares(step_batch: list, rank: int, ranks: int, accumulate: int) -> list[tuple[list, float]]:
+    """This rank's `accumulate` shares of a step batch, as (examples, weight): a share left empty (a batch of
+    fewer examples than shares) trains on a copy of the first example with weight 0."""
+    shares = split_batch(step_batch, ranks * accumulate)[rank * accumulate : (rank + 1) * accumulate]
+    return [(share, 1.0) if share else (step_batch[:1], 0.0) for share in shares]

@@ -1,0 +1,68 @@
+"""One update: a step's micro-batches through the training loss — wrapped in DistributedDataParallel when there
+are several ranks — with fp16 loss scaling, gradient clipping, the optimizer and the learning-rate schedule."""
+
+from contextlib import nullcontext
+
+import torch
+
+from translate.checkpoint import restore_training, training_checkpoint
+from translate.data.tokenizer import PAD
+from translate.distributed import Distributed
+from translate.loss import TrainingLoss
+from translate.optim import build_optimizer, build_scheduler
+from translate.runtime import heap_trimmer
+
+
+class Updater:
+    """Owns what changes the weights: optimizer, schedule, GradScaler and the (possibly DDP-wrapped) loss."""
+
+    def __init__(self, model, tc, device: torch.device, dist: Distributed, autocast):
+        self.model, self.tc, self.dist, self.autocast = model, tc, dist, autocast
+        self.optimizer = build_optimizer(model, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.trim_heap = heap_trimmer() if tc.release_memory and device.type == "cpu" else lambda: None
+        features = torch.compile(model.features, dynamic=True) if tc.compile else None
+        # every rank loads the same checkpoint afterwards, in place, so wrapping first keeps them equal
+        self.training_loss = dist.wrap(TrainingLoss(model, tc.label_smoothing, PAD, tc.loss_chunk, features), device)
+
+    def checkpoint(self, state, config: dict, vocab_size: int) -> dict:
+        """A training checkpoint of the model, this updater's optimizer, schedule and scaler, and `state`."""
+        return training_checkpoint(self.model, self.optimizer, self.scheduler, state, config, vocab_size, self.scaler)
+
+    def restore(self, ckpt: dict, path, vocab_size: int):
+        """Load a training checkpoint into the model, optimizer, schedule and scaler; its TrainState."""
+        return restore_training(ckpt, self.model, self.optimizer, self.scheduler, path, self.scaler, vocab_size)
+
+    def loss(self, batch):
+        """Label-smoothed cross-entropy summed over target tokens: (loss, nll), both sums."""
+        with self.autocast():
+            return self.training_loss(batch)
+
+    def step(self, batches: list, tokens: int):
+        """One update on this rank's (micro-batch, weight) pairs, the loss normalised by the `tokens` of the whole
+        step (all ranks).  Returns the summed NLL and the gradient norm (tensors: no host sync) and whether the
+        GradScaler skipped the update (fp16 gradients overflowed)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        nll_sum, per_rank = 0.0, tokens / self.dist.world_size  # DDP averages the ranks' gradients: undo the mean
+        for i, (batch, weight) in enumerate(batches):
+            last = i == len(batches) - 1  # DDP synchronises gradients on the last micro-batch only
+            with nullcontext() if last or not self.dist.enabled else self.training_loss.no_sync():
+                loss, nll = self.loss(batch)
+                self.scaler.scale(loss * weight / per_rank).backward()  # one process: loss / tokens, as ever
+            nll_sum = nll_sum + nll * weight
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients for clipping (no-op otherwise)
+        clip = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        skipped = False
+        if self.scaler.is_enabled():
+            scale_before = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped if a gradient overflowed; the scale then shrinks
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale_before
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.trim_heap()
+        return nll_sum, grad_norm, skipped
