@@ -23,7 +23,7 @@ LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.precisio
 	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop" \
 	"model=rnn_attention_ref trainer.loss_chunk=0"
 
-.PHONY: help install train eval translate average compare report bench levers tensorboard test lint clean
+.PHONY: help install prepare train eval translate average compare report bench levers tensorboard test lint clean
 .DEFAULT_GOAL := help
 
 help:  ## this list
@@ -39,6 +39,9 @@ $(ENV): pyproject.toml
 
 install:  ## (re)build the environment; TORCH=torch for your platform's default (CUDA) build
 	$(MAKE) --no-print-directory --always-make $(ENV)
+
+prepare: $(ENV)  ## make prepare [data=…]: tokenizer + memory-mapped token store of a corpus (training reuses both)
+	$(PY) -m translate.prepare $(HYDRA_ARGS)
 
 train: $(ENV)  ## train the default model (Transformer, Multi30k de->en); any Hydra override; NPROC=N: N ranks (torchrun)
 	$(if $(NPROC),TRANSLATE_LAUNCH_TIME=$$(date +%s) $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY)) \

@@ -97,13 +97,9 @@ def random_batches(trainer) -> list:
     """Token batches in random order, no length bucketing: what `batching=random` measures against."""
     from translate.data.batching import token_batches
 
-    plan = [
-        (i,) for i in torch.randperm(len(trainer.data.train_src), generator=torch.Generator().manual_seed(0)).tolist()
-    ]
-    return [
-        [plan[j] for j in b]
-        for b in token_batches([trainer.data.train_lengths[e[0]] for e in plan], trainer.tc.batch_tokens)
-    ]
+    order = torch.randperm(len(trainer.data.store), generator=torch.Generator().manual_seed(0)).tolist()
+    lengths = trainer.data.store.lengths
+    return [[(order[j],) for j in b] for b in token_batches([int(lengths[i]) for i in order], trainer.tc.batch_tokens)]
 
 
 def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
@@ -162,7 +158,7 @@ def bench_decode(run: Path, beam: int, repeats: int) -> dict:
     from omegaconf import OmegaConf
 
     from translate.config import EvalConfig
-    from translate.data.corpus import load_split
+    from translate.data.prepare import load_split
     from translate.evaluate import load_run, translate_texts
 
     model, tokenizer, cfg, _ = load_run(run)

@@ -1,6 +1,16 @@
+import hashlib
+
+import numpy as np
 import torch
 
-from translate.data.batching import bucketed_batch_order, collate, concatenation_plan, pad, sorted_batch_order
+from translate.data.batching import (
+    ExamplePlan,
+    bucketed_batch_order,
+    collate,
+    pad,
+    sorted_batch_order,
+    training_batches,
+)
 from translate.data.tokenizer import BOS, EOS, PAD
 
 
@@ -19,13 +29,13 @@ def test_pad_value():
 
 def _lengths(n=3000, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(2, 60, (n,), generator=g).tolist()
+    return torch.randint(2, 60, (n,), generator=g).numpy().astype(np.int32)
 
 
 def test_bucketed_batches_cover_everything_once_within_budget():
     lengths = _lengths()
     batches = bucketed_batch_order(lengths, batch_tokens=1000, seed=1, epoch=0)
-    flat = sorted(i for b in batches for i in b)
+    flat = sorted(i for b in batches for i in b.tolist())
     assert flat == list(range(len(lengths)))
     assert all(max(lengths[i] for i in b) * len(b) <= 1000 for b in batches)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
@@ -34,10 +44,18 @@ def test_bucketed_batches_cover_everything_once_within_budget():
 
 def test_order_is_fixed_by_seed_and_epoch():
     lengths = _lengths()
-    a = bucketed_batch_order(lengths, 1000, seed=1, epoch=3)
-    assert a == bucketed_batch_order(lengths, 1000, seed=1, epoch=3)
-    assert a != bucketed_batch_order(lengths, 1000, seed=1, epoch=4)
-    assert a != bucketed_batch_order(lengths, 1000, seed=2, epoch=3)
+    order = lambda seed, epoch: [b.tolist() for b in bucketed_batch_order(lengths, 1000, seed, epoch)]  # noqa: E731
+    a = order(1, 3)
+    assert a == order(1, 3) and a != order(1, 4) and a != order(2, 3)
+
+
+def test_batch_order_is_the_one_runs_were_trained_with():
+    """The epoch plan of a fixed (lengths, seed, epoch), pinned: a change of the batching code that reorders
+    batches would silently change every run's results (and break the resumption of runs started before it)."""
+    lengths = _lengths(5000)
+    for concat_prob, expected in ((0.0, "620db2889074"), (0.4, "c69cdd32d289")):
+        batches = training_batches(lengths, 2000, concat_prob, 3, seed=7, epoch=2)
+        assert hashlib.sha256(repr(list(batches)).encode()).hexdigest()[:12] == expected
 
 
 def test_over_long_sentence_gets_its_own_batch():
@@ -46,11 +64,12 @@ def test_over_long_sentence_gets_its_own_batch():
 
 
 def test_concatenation_plan():
-    assert concatenation_plan(5, 0.0, 3, seed=1, epoch=0) == [(i,) for i in range(5)]
-    plan = concatenation_plan(2000, 0.3, 4, seed=1, epoch=0)
+    examples = lambda *args: [ExamplePlan(*args)[i] for i in range(args[0])]  # noqa: E731
+    assert examples(5, 0.0, 3, 1, 0) == [(i,) for i in range(5)]
+    plan = examples(2000, 0.3, 4, 1, 0)
     assert [e[0] for e in plan] == list(range(2000))
     joined = [e for e in plan if len(e) > 1]
     assert 0.25 < len(joined) / 2000 < 0.35 and max(map(len, joined)) == 4 and min(map(len, joined)) == 2
-    assert (
-        plan == concatenation_plan(2000, 0.3, 4, seed=1, epoch=0) != concatenation_plan(2000, 0.3, 4, seed=1, epoch=1)
-    )
+    assert plan == examples(2000, 0.3, 4, 1, 0) != examples(2000, 0.3, 4, 1, 1)
+    lengths = np.arange(2000) % 50 + 2
+    assert ExamplePlan(2000, 0.3, 4, 1, 0).lengths(lengths).tolist() == [sum(lengths[i] for i in e) for e in plan]

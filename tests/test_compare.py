@@ -9,7 +9,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.config import SyntheticConfig
-from translate.data.corpus import synthetic_pairs
+from translate.data.corpus import Pairs, SyntheticSplit
 from translate.data.probe import long_sentence_probe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,15 +38,13 @@ TINY = [
 
 def test_synthetic_task_is_fixed_and_reversed():
     cfg = SyntheticConfig(train_size=50, max_len=30)
-    a, b = synthetic_pairs(cfg, "train"), synthetic_pairs(cfg, "train")
-    assert a.src == b.src and a.src != synthetic_pairs(cfg, "test").src[:50]
+    a, b = Pairs.read(SyntheticSplit(cfg, "train")), Pairs.read(SyntheticSplit(cfg, "train"))
+    assert a.src == b.src and a.src != Pairs.read(SyntheticSplit(cfg, "test")).src[:50]
     assert all(t.split() == s.split()[::-1] for s, t in zip(a.src, a.tgt))
     assert max(len(s.split()) for s in a.src) <= 30
 
 
 def test_probe_joins_consecutive_pairs():
-    from translate.data.corpus import Pairs
-
     pairs = Pairs([f"s{i}" for i in range(7)], [f"t{i}" for i in range(7)])
     probe, ks = long_sentence_probe(pairs, k_max=3, per_k=2)
     assert probe.src == ["s0", "s1", "s0 s1", "s2 s3", "s0 s1 s2", "s3 s4 s5"]

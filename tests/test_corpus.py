@@ -7,16 +7,19 @@ from functools import partial
 import pytest
 
 from translate.config import DataConfig
-from translate.data import corpus
+from translate.data import remote
 from translate.data.corpus import (
     CorpusError,
+    JsonlFile,
     Pairs,
-    download_file,
-    filter_training_pairs,
-    load_corpus,
+    TextFiles,
+    TrainingPairs,
+    TsvFile,
     read_lines,
     read_pair_files,
 )
+from translate.data.prepare import load_split, split_source
+from translate.data.remote import HubSplit, download_file
 
 
 def write(path, text: str | bytes):
@@ -49,16 +52,84 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
         read_lines(path)
 
 
-def test_empty_pairs_are_dropped_and_counted(caplog):
-    pairs = Pairs(["a", "", "c", "d"], ["A", "B", "", "D"])
-    with caplog.at_level("WARNING"):
-        kept = filter_training_pairs(pairs, "test")
-    assert kept.src == ["a", "d"] and kept.tgt == ["A", "D"]
-    assert "dropped 2 of 4 training pairs with an empty side" in caplog.text
+def test_unequal_line_counts_either_way_while_streaming(tmp_path):
+    longer, shorter = write(tmp_path / "l.de.gz", "a\nb\nc\nd\n"), write(tmp_path / "s.en", "a\n")
+    with pytest.raises(CorpusError, match=r"l\.de\.gz has 4 lines but .*s\.en has 1"):
+        list(TextFiles(longer, shorter))
+    with pytest.raises(CorpusError, match=r"s\.en has 1 lines but .*l\.de\.gz has 4"):
+        list(TextFiles(shorter, longer))
+
+
+def test_empty_pairs_are_dropped_and_counted(tmp_path):
+    src, tgt = write(tmp_path / "t.de", "a\n\nc\nd\n"), write(tmp_path / "t.en", "A\nB\n \nD\n")
+    pairs = TrainingPairs(TextFiles(src, tgt))
+    assert list(pairs) == [("a", "A"), ("d", "D")] and (pairs.read, pairs.empty) == (4, 2)
+    assert list(pairs.sentences()) == ["a", "d", "A", "D"]  # sources, then targets: what SentencePiece reads
+    assert list(TrainingPairs(TextFiles(src, tgt), limit=1)) == [("a", "A")]
+
+
+def test_a_corpus_without_pairs_is_one_line(tmp_path):
+    src, tgt = write(tmp_path / "e.de", "\n\n"), write(tmp_path / "e.en", "x\n\n")
+    with pytest.raises(CorpusError, match=r"e\.de \+ e\.en: no training pairs with text on both sides \(2 lines\)"):
+        list(TrainingPairs(TextFiles(src, tgt)))
+    src, tgt = write(tmp_path / "z.de", ""), write(tmp_path / "z.en", "")
+    with pytest.raises(CorpusError, match=r"no training pairs with text on both sides \(0 lines\)"):
+        list(TrainingPairs(TextFiles(src, tgt)))
+
+
+def test_tsv_streams_and_names_a_bad_line(tmp_path):
+    good = write(tmp_path / "train.tsv.gz", "ein Hund\ta dog\n Haus \t house\n")
+    assert list(TsvFile(good)) == [("ein Hund", "a dog"), ("Haus", "house")]
+    bad = write(tmp_path / "bad.tsv", "a\tb\nc\td\te\n")
+    with pytest.raises(CorpusError, match=r"bad\.tsv:2: 3 tab-separated fields; each line must be <source>TAB<target>"):
+        list(TsvFile(bad))
+
+
+def test_jsonl_both_shapes_and_bad_lines(tmp_path):
+    lines = '{"de": "Hund", "en": "dog"}\n{"translation": {"en": "cat", "de": "Katze", "fr": "chat"}}\n'
+    assert list(JsonlFile(write(tmp_path / "a.jsonl", lines), "de", "en")) == [("Hund", "dog"), ("Katze", "cat")]
+    with pytest.raises(CorpusError, match=r"b\.jsonl:2: not JSON \(Expecting value at column 1\)"):
+        list(JsonlFile(write(tmp_path / "b.jsonl", '{"de": "a", "en": "b"}\nnope\n'), "de", "en"))
+    with pytest.raises(
+        CorpusError, match=r"c\.jsonl:1: no key 'en'; each line must be \{\"de\": \"…\", \"en\": \"…\"\}"
+    ):
+        list(JsonlFile(write(tmp_path / "c.jsonl", '{"de": "a", "fr": "b"}\n'), "de", "en"))
+
+
+def test_identity_follows_content(tmp_path):
+    src, tgt = write(tmp_path / "i.de", "a\n"), write(tmp_path / "i.en", "b\n")
+    first = TextFiles(src, tgt).identity()
+    assert TextFiles(src, tgt).identity() == first
+    write(tgt, "c\n")
+    assert TextFiles(src, tgt).identity() != first
+
+
+@pytest.mark.parametrize("fmt", ["text", "tsv", "jsonl"])
+def test_data_files_in_each_format(tmp_path, fmt):
+    directory = tmp_path / fmt
+    directory.mkdir()
+    for split, n in (("train", 5), ("val", 2), ("test", 3)):
+        rows = [(f"satz {i}", f"sentence {i}") for i in range(n)]
+        if fmt == "text":
+            write(directory / f"{split}.de", "".join(f"{s}\n" for s, _ in rows))
+            write(directory / f"{split}.en.gz", "".join(f"{t}\n" for _, t in rows))
+        elif fmt == "tsv":
+            write(directory / f"{split}.tsv.gz", "".join(f"{s}\t{t}\n" for s, t in rows))
+        else:
+            write(directory / f"{split}.jsonl", "".join(f'{{"de": "{s}", "en": "{t}"}}\n' for s, t in rows))
+    got = load_corpus(_data_cfg(name="files", format=fmt, dir=str(directory)))
+    assert [len(got[k]) for k in ("train", "valid", "test")] == [5, 2, 3]
+    assert got["test"].src[2] == "satz 2" and got["train"].tgt[4] == "sentence 4"
 
 
 def _data_cfg(**kw):
     return DataConfig(**{"url": "", "download_dir": "dl", "test_split": "test", **kw})
+
+
+def load_corpus(cfg) -> dict[str, Pairs]:
+    """Every split of a DataConfig read whole (training pairs filtered), as training would see them."""
+    train = Pairs.read(TrainingPairs(split_source(cfg, "train"), cfg.train_limit))
+    return {"train": train, "valid": load_split(cfg, "valid"), "test": load_split(cfg, "test")}
 
 
 def _toy_corpus(directory):
@@ -72,9 +143,9 @@ def test_directory_from_config_then_environment(tmp_path, monkeypatch):
     _toy_corpus(tmp_path / "c")
     got = load_corpus(_data_cfg(dir=str(tmp_path / "c"), test_limit=2))
     assert [len(got[k]) for k in ("train", "valid", "test")] == [5, 2, 2]
-    monkeypatch.setenv(corpus.DATA_DIR_ENV, str(tmp_path / "c"))
+    monkeypatch.setenv(remote.DATA_DIR_ENV, str(tmp_path / "c"))
     assert load_corpus(_data_cfg()).keys() == {"train", "valid", "test"}
-    monkeypatch.setenv(corpus.DATA_DIR_ENV, str(tmp_path / "missing"))
+    monkeypatch.setenv(remote.DATA_DIR_ENV, str(tmp_path / "missing"))
     with pytest.raises(CorpusError, match="missing: directory not found .*TRANSLATE_DATA_DIR"):
         load_corpus(_data_cfg())
 
@@ -96,9 +167,9 @@ def http_server(tmp_path):
 def test_download_once_from_url_when_no_local_copy(tmp_path, http_server, monkeypatch):
     root, base = http_server
     _toy_corpus(root)
-    monkeypatch.setattr(corpus, "SHARED_MULTI30K", tmp_path / "no-shared")
-    monkeypatch.setattr(corpus, "PROJECT_ROOT", tmp_path / "project")
-    monkeypatch.delenv(corpus.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(remote, "SHARED_MULTI30K", tmp_path / "no-shared")
+    monkeypatch.setattr(remote, "PROJECT_ROOT", tmp_path / "project")
+    monkeypatch.delenv(remote.DATA_DIR_ENV, raising=False)
     digest = hashlib.sha256((root / "train.de.gz").read_bytes()).hexdigest()
     cfg = _data_cfg(url=base + "/{split}.{lang}.gz", sha256={"train.de.gz": digest})
     got = load_corpus(cfg)
@@ -165,5 +236,9 @@ def test_hub_load_dataset_path_offline(tmp_path, monkeypatch):
         )
     got = load_corpus(_data_cfg(hub=str(repo), valid_split="validation"))
     assert got["train"].src == [f"d{i}" for i in range(5)] and got["valid"].tgt == ["e0", "e1"]
+    assert (
+        HubSplit(str(repo), None, "train", "de", "en").identity()
+        == HubSplit(str(repo), None, "train", "de", "en").identity()
+    )
     with pytest.raises(CorpusError, match="no-such-dataset-here: cannot load from the Hugging Face hub"):
         load_corpus(_data_cfg(hub="no-such-dataset-here"))

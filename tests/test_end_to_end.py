@@ -112,11 +112,11 @@ def test_bf16_autocast_trains(multi30k_dir, small_cfg, tmp_path):
 def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):
     trainer = Trainer(small_cfg("rnn", *STEPS, "trainer.concat_prob=1.0", "trainer.concat_max=3"), tmp_path / "run")
     examples = [e for batch in trainer.epoch_batches() for e in batch]
-    assert sorted(e[0] for e in examples) == list(range(len(trainer.data.train_src)))
+    assert sorted(e[0] for e in examples) == list(range(len(trainer.data.store)))
     assert all(2 <= len(e) <= 3 for e in examples)
     batch = trainer.collate(examples[:1])
-    assert batch.src.shape[1] == sum(len(trainer.data.train_src[i]) for i in examples[0]) + 1  # joined, then EOS
-    assert trainer.epoch_batches() == trainer.epoch_batches()  # fixed by seed and epoch
+    assert batch.src.shape[1] == sum(len(trainer.data.store.src(i)) for i in examples[0]) + 1  # joined, then EOS
+    assert list(trainer.epoch_batches()) == list(trainer.epoch_batches())  # fixed by seed and epoch
     trainer.fit()
     assert trainer.state.step == 6
 

@@ -43,13 +43,14 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "multi30k"  # multi30k (or any directory of {split}.{lang}[.gz] files) | synthetic
+    name: str = "multi30k"  # multi30k | files | wmt14 | iwslt2017 | synthetic (configs/data/)
     src_lang: str = "de"
     tgt_lang: str = "en"
+    format: str = "text"  # files: text ({split}.{lang}) | tsv ({split}.tsv) | jsonl ({split}.jsonl), each maybe .gz
     # Where the files come from, first match wins: `dir`, $TRANSLATE_DATA_DIR,
     # ../shared/data/multi30k, then a one-off download of `url` into `download_dir`.
     dir: str | None = None
-    url: str = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{split}.{lang}.gz"
+    url: str | None = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{split}.{lang}.gz"
     download_dir: str = "data/multi30k"  # relative to the project root
     hub: str | None = None  # a Hugging Face dataset (or a save_to_disk directory) with a `translation` column
     hub_config: str | None = None  # its configuration, e.g. iwslt2017-de-en
@@ -61,6 +62,8 @@ class DataConfig:
     valid_limit: int | None = None
     test_limit: int | None = None
     max_tokens: int = 128  # training pairs with more subword tokens on either side are dropped (and counted)
+    # encoded training splits (translate/data/store.py), beside the tokenizers; relative to the project
+    store_dir: str = "${data.tokenizer.cache_dir}/../stores"
     joinable: bool = True  # whether two pairs joined are a valid pair (trainer.concat_prob); not for reversal
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from translate.config import TrainConfig
+from translate.data.corpus import FORMATS
 from translate.errors import ConfigError
 from translate.models import MODELS, build_model
 from translate.models.attention import SCORERS
@@ -40,6 +41,7 @@ def one_of(*choices: str) -> Rule:
 
 RULES: dict[str, Rule] = {
     **dict.fromkeys(["data.max_tokens", "data.tokenizer.vocab_size", "data.tokenizer.input_sentence_size"], POSITIVE),
+    "data.format": one_of(*FORMATS),
     "data.tokenizer.model_type": one_of("unigram", "bpe", "char", "word"),
     "data.tokenizer.character_coverage": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     **dict.fromkeys(["data.train_limit", "data.valid_limit", "data.test_limit"], LIMIT),

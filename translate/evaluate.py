@@ -21,7 +21,8 @@ from tqdm import tqdm
 from translate.checkpoint import CheckpointError, TrainState, find_checkpoint, load_checkpoint
 from translate.config import register_configs, train_config
 from translate.config_rules import check_config
-from translate.data.corpus import CorpusError, Pairs, load_split, read_pair_files
+from translate.data.corpus import CorpusError, Pairs, read_pair_files
+from translate.data.prepare import load_split
 from translate.data.probe import long_sentence_probe
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from translate.errors import one_line_errors

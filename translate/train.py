@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 register_configs()
 SUMMARY = "train_summary.json"
 # where and how visibly a run goes: a run may continue with these changed
-RUNTIME_KEYS = {"data.dir", "data.download_dir", "data.tokenizer.cache_dir", "trainer.device", "trainer.threads"}
+RUNTIME_KEYS = {"data.dir", "data.download_dir", "data.tokenizer.cache_dir", "data.store_dir"}
+RUNTIME_KEYS |= {"trainer.device", "trainer.threads"}
 RUNTIME_KEYS |= {"trainer.log_every", "trainer.num_samples", "trainer.attention_maps", "trainer.attention_head"}
 
 

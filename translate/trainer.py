@@ -23,7 +23,7 @@ from translate.checkpoint import (
     repair_best,
     save_checkpoint,
 )
-from translate.data.batching import collate_examples, joining_probability, rank_shares, training_batches
+from translate.data.batching import EpochBatches, collate_examples, joining_probability, rank_shares, training_batches
 from translate.data.prepare import prepare_data
 from translate.data.tokenizer import PAD
 from translate.distributed import Distributed
@@ -57,7 +57,9 @@ class Trainer:
         self.autocast = lambda: autocast(self.device, self.tc.precision)
         self.autocast()  # an unknown precision stops here, before the data is read
 
-        self.data = self.dist.main_first(lambda: prepare_data(cfg.data))  # rank 0 builds the tokenizer cache
+        own = self.run_dir / "tokenizer.model"  # a resumed run keeps its own tokenizer, whatever the cache holds
+        own = own if cfg.get("resume") and own.exists() else None
+        self.data = self.dist.main_first(lambda: prepare_data(cfg.data, own))  # rank 0 builds the caches
         if self.main:
             self.data.tokenizer.save(self.run_dir / "tokenizer.model")
         self.concat_prob = joining_probability(self.tc.concat_prob, cfg.data.joinable, cfg.data.name)
@@ -97,11 +99,11 @@ class Trainer:
         self.time_writer.close()
 
     # ---- training ----------------------------------------------------------------------------
-    def epoch_batches(self) -> list[list[tuple[int, ...]]]:
+    def epoch_batches(self) -> EpochBatches:
         """This epoch's step batches of examples (tuples of pair indices joined into one), each of
         ranks × accumulate × trainer.batch_tokens tokens; fixed by seed and epoch."""
         tc, step_tokens = self.tc, self.tc.batch_tokens * self.dist.world_size * self.tc.accumulate
-        lengths, epoch = self.data.train_lengths, self.state.epoch
+        lengths, epoch = self.data.store.lengths, self.state.epoch
         return training_batches(lengths, step_tokens, self.concat_prob, tc.concat_max, tc.seed, epoch)
 
     def my_batches(self, step_batch: list) -> list:
@@ -110,7 +112,7 @@ class Trainer:
         return [(self.collate(examples), weight) for examples, weight in shares]
 
     def collate(self, examples: list[tuple[int, ...]]):
-        return collate_examples(self.data.train_src, self.data.train_tgt, examples).to(self.device)
+        return collate_examples(self.data.store, examples).to(self.device)
 
     def agree(self, tokens: int) -> tuple[int, bool]:
         """One all-reduce per step: the step's target tokens over all ranks, and whether any rank must stop

@@ -2,12 +2,16 @@
 
 A batch holds as many sentences as fit in `batch_tokens` padded tokens (the
 longer of source and target counts).  The order of batches depends only on a
-seed and the epoch number, so a run can be replayed or resumed exactly.
+seed and the epoch number, so a run can be replayed or resumed exactly.  An
+epoch is planned from the stored lengths alone (numpy arrays, a few bytes per
+pair); a batch's tokens are gathered from the memory-mapped store when it is built.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from translate.data.tokenizer import BOS, EOS, PAD
@@ -54,53 +58,89 @@ def collate(src: list[list[int]], tgt: list[list[int]] | None, indices: list[int
     return Batch(src_t, src_t != PAD, tgt_in, tgt_out, indices, int((tgt_out != PAD).sum()))
 
 
-def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+def token_batch_sizes(lengths: Sequence[int], batch_tokens: int) -> list[int]:
+    """Sizes of the groups that greedily take, in the order given, as many items as fit in `batch_tokens` padded."""
+    sizes, count, longest = [], 0, 0
+    for length in lengths:
+        longest_if_added = max(longest, length)
+        if count and longest_if_added * (count + 1) > batch_tokens:
+            sizes.append(count)
+            count, longest_if_added = 0, length
+        count, longest = count + 1, longest_if_added
+    return sizes + [count] if count else sizes
+
+
+def token_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Greedily group indices, in the order given, so padded size stays within `batch_tokens`."""
-    batches, current, longest = [], [], 0
-    for i in range(len(lengths)):
-        longest_if_added = max(longest, lengths[i])
-        if current and longest_if_added * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current, longest_if_added = [], lengths[i]
-        current.append(i)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    return batches
+    bounds = np.cumsum([0, *token_batch_sizes(lengths, batch_tokens)]).tolist()
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
 
 
 def bucketed_batch_order(
-    lengths: list[int], batch_tokens: int, seed: int, epoch: int, pool_batches: int = 100
-) -> list[list[int]]:
-    """Shuffled batches of similar-length sentences, fixed by (seed, epoch).
+    lengths: np.ndarray, batch_tokens: int, seed: int, epoch: int, pool_batches: int = 100
+) -> list[np.ndarray]:
+    """Shuffled batches (arrays of indices) of similar-length sentences, fixed by (seed, epoch).
 
     Shuffle all indices, sort within pools of roughly `pool_batches` batches by
     length (little padding), cut into token batches, then shuffle the batches.
     `lengths[i]` is the padded cost of sentence i: max(source, target) + 1.
     """
+    lengths = np.asarray(lengths)
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    mean = max(1, sum(lengths) // max(1, len(lengths)))
+    order = torch.randperm(len(lengths), generator=g).numpy()
+    mean = max(1, int(lengths.sum(dtype=np.int64)) // max(1, len(lengths)))
     pool = max(1, pool_batches * batch_tokens // mean)
     batches = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batches += [[chunk[j] for j in b] for b in token_batches([lengths[i] for i in chunk], batch_tokens)]
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")].astype(np.int32)  # stable: ties keep shuffled order
+        batches += np.split(chunk, np.cumsum(token_batch_sizes(lengths[chunk].tolist(), batch_tokens))[:-1])
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
-def concatenation_plan(num_pairs: int, prob: float, max_count: int, seed: int, epoch: int) -> list[tuple[int, ...]]:
-    """Training examples for one epoch: pair i alone, or with probability `prob` joined to 1..max_count-1 random others.
+class ExamplePlan:
+    """One epoch's training examples: example i is pair i alone or, with probability `prob`, pair i joined to
+    1..max_count-1 random others (joined pairs show the model long inputs the corpus lacks); fixed by (seed, epoch).
+    Held as one (pairs, max_count - 1) array of partners, -1 where none."""
 
-    Joined pairs show the model long inputs that the corpus lacks; the plan is fixed by (seed, epoch).
-    """
-    if prob <= 0 or max_count < 2:
-        return [(i,) for i in range(num_pairs)]
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
-    joined = (torch.rand(num_pairs, generator=g) < prob).tolist()
-    counts = torch.randint(2, max_count + 1, (num_pairs,), generator=g).tolist()
-    partners = torch.randint(0, num_pairs, (num_pairs, max_count - 1), generator=g).tolist()
-    return [(i, *partners[i][: counts[i] - 1]) if joined[i] else (i,) for i in range(num_pairs)]
+    def __init__(self, num_pairs: int, prob: float, max_count: int, seed: int, epoch: int):
+        self.num_pairs, self.partners = num_pairs, None
+        if prob > 0 and max_count >= 2:
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+            joined = torch.rand(num_pairs, generator=g) < prob
+            counts = torch.randint(2, max_count + 1, (num_pairs,), generator=g)
+            partners = torch.randint(0, num_pairs, (num_pairs, max_count - 1), generator=g)
+            used = (torch.arange(max_count - 1) < (counts - 1)[:, None]) & joined[:, None]
+            self.partners = torch.where(used, partners, -1).to(torch.int32).numpy()
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    def __getitem__(self, i: int) -> tuple[int, ...]:
+        if self.partners is None:
+            return (int(i),)
+        row = self.partners[i]
+        return (int(i), *row[row >= 0].tolist())
+
+    def lengths(self, pair_lengths: np.ndarray) -> np.ndarray:
+        """Each example's padded cost: the sum of its pairs'."""
+        pair_lengths = np.asarray(pair_lengths)
+        if self.partners is None:
+            return pair_lengths
+        return pair_lengths + np.where(self.partners >= 0, pair_lengths[self.partners], 0).sum(axis=1)
+
+
+class EpochBatches(Sequence):
+    """One epoch's batches; `batches[k]` is a list of examples (tuples of pair indices), built when asked for."""
+
+    def __init__(self, plan: ExamplePlan, batches: list[np.ndarray]):
+        self.plan, self.batches = plan, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> list[tuple[int, ...]]:
+        return [self.plan[j] for j in self.batches[k].tolist()]
 
 
 def sorted_batch_order(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -116,18 +156,25 @@ def joining_probability(concat_prob: float, joinable: bool, corpus: str) -> floa
     return concat_prob if joinable else 0.0
 
 
-def training_batches(lengths: list[int], batch_tokens: int, concat_prob: float, concat_max: int, seed: int, epoch: int):
-    """One epoch's batches of training examples — tuples of pair indices joined into one example (see
-    concatenation_plan) — bucketed by length; fixed by (seed, epoch), so a resumed run replays them exactly."""
-    plan = concatenation_plan(len(lengths), concat_prob, concat_max, seed, epoch)
-    example_lengths = [sum(lengths[i] for i in example) for example in plan]
-    return [[plan[j] for j in batch] for batch in bucketed_batch_order(example_lengths, batch_tokens, seed, epoch)]
+def training_batches(
+    lengths: np.ndarray, batch_tokens: int, concat_prob: float, concat_max: int, seed: int, epoch: int
+) -> EpochBatches:
+    """One epoch's batches of training examples (see ExamplePlan), bucketed by length from the pairs' stored
+    `lengths`; fixed by (seed, epoch), so a resumed run replays them exactly."""
+    plan = ExamplePlan(len(lengths), concat_prob, concat_max, seed, epoch)
+    return EpochBatches(plan, bucketed_batch_order(plan.lengths(lengths), batch_tokens, seed, epoch))
 
 
-def collate_examples(src: list[list[int]], tgt: list[list[int]], examples: list[tuple[int, ...]]) -> Batch:
-    """A batch of training examples, each the pairs it names joined (source to source, target to target)."""
-    join = lambda side, example: [t for i in example for t in side[i]]  # noqa: E731
-    return collate([join(src, e) for e in examples], [join(tgt, e) for e in examples], [e[0] for e in examples])
+def collate_examples(store, examples: list[tuple[int, ...]]) -> Batch:
+    """A batch of training examples from a token store, each the pairs it names joined (source to source,
+    target to target)."""
+
+    def join(side, example):
+        return np.concatenate([side(i) for i in example]).tolist() if len(example) > 1 else side(example[0]).tolist()
+
+    return collate(
+        [join(store.src, e) for e in examples], [join(store.tgt, e) for e in examples], [e[0] for e in examples]
+    )
 
 
 def split_batch(examples: list, parts: int) -> list[list]:

@@ -1,18 +1,23 @@
-"""Parallel corpora: sentence pairs per split, read from files, a URL or the hub.
+"""Parallel corpora, streamed: sentence pairs per split from files, the hub or a generator.
 
-Whatever the source, the rest of the program sees `Pairs`: two equally long
-lists of raw strings.  Files are validated on the way in, so a broken corpus
-stops the run with one line naming the file, the line and the fix.
+Every source is a `PairSource`: iterating it yields (source, target) strings one pair at a time, checked on the
+way (a broken file stops the run with one line naming the file, the line and the fix), and `identity()` names
+its content for the caches (tokenizer, token store).  Nothing holds a whole training split in memory; the small
+splits (valid, test) become `Pairs`, two lists of raw strings.
+
+    for src, tgt in TextFiles(Path("train.de.gz"), Path("train.en.gz")): ...
+
+Which source a `DataConfig` names is decided in `translate.data.prepare.split_source`.
 """
 
 import gzip
 import hashlib
+import io
+import itertools
+import json
 import logging
-import os
 import random
-import shutil
-import tempfile
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +27,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_MULTI30K = PROJECT_ROOT.parent / "shared" / "data" / "multi30k"
-DATA_DIR_ENV = "TRANSLATE_DATA_DIR"
 ROLES = ("train", "valid", "test")
+FORMATS = ("text", "tsv", "jsonl")  # {split}.{lang}[.gz] pairs of files | {split}.tsv[.gz] | {split}.jsonl[.gz]
 
 
 class CorpusError(UserError, ValueError):
@@ -45,175 +50,198 @@ class Pairs:
     def head(self, n: int | None) -> "Pairs":
         return self if n is None else Pairs(self.src[:n], self.tgt[:n])
 
+    @classmethod
+    def read(cls, source, limit: int | None = None) -> "Pairs":
+        """The first `limit` pairs of a source (all of them with None)."""
+        pairs = list(itertools.islice(source, limit))
+        return cls([s for s, _ in pairs], [t for _, t in pairs])
 
-def read_lines(path: str | Path) -> list[str]:
-    """Read a UTF-8 text file (gzipped if it ends in .gz), one sentence per line."""
+
+class PairSource:
+    """Sentence pairs, streamed: `iter(source)` yields (source, target) strings; `origin` names it in messages."""
+
+    origin: str
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """What the content is, for cache keys: changes whenever a pair could."""
+        raise NotImplementedError
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of a UTF-8 text file, gzipped if it ends in .gz, one line at a time."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    lines = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            lines.append(line.decode("utf-8").strip())
-        except UnicodeDecodeError as e:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as raw:
+        for number, line in enumerate(io.BufferedReader(raw, 1 << 20), start=1):
+            try:
+                yield number, line.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{path}:{number}: invalid UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """A whole (small) text file as a list of stripped lines."""
+    return [text for _, text in iter_lines(path)]
+
+
+@dataclass
+class TextFiles(PairSource):
+    """Two line-aligned files: line i of `src` translates line i of `tgt`; unequal line counts are an error."""
+
+    src: Path
+    tgt: Path
+
+    def __post_init__(self):
+        self.origin = f"{self.src} + {Path(self.tgt).name}"
+
+    def __iter__(self):
+        src, tgt, count = iter_lines(self.src), iter_lines(self.tgt), 0
+        for a, b in itertools.zip_longest(src, tgt):
+            if a is None or b is None:  # one file ended first: count the rest of the other
+                n_src, n_tgt = (
+                    count + (a is not None) + sum(1 for _ in src),
+                    count + (b is not None) + sum(1 for _ in tgt),
+                )
+                raise CorpusError(
+                    f"{self.src} has {n_src} lines but {self.tgt} has {n_tgt}; "
+                    "the files must be line-aligned (line i translates line i)"
+                )
+            count += 1
+            yield a[1], b[1]
+
+    def identity(self) -> str:
+        return f"text:{file_digest(Path(self.src))}:{file_digest(Path(self.tgt))}"
+
+
+@dataclass
+class TsvFile(PairSource):
+    """One file, `source<TAB>target` per line."""
+
+    path: Path
+
+    def __post_init__(self):
+        self.origin = str(self.path)
+
+    def __iter__(self):
+        for number, line in iter_lines(self.path):
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise CorpusError(
+                    f"{self.path}:{number}: {len(fields)} tab-separated fields; "
+                    "each line must be <source>TAB<target> (tabs inside a sentence are not allowed)"
+                )
+            yield fields[0].strip(), fields[1].strip()
+
+    def identity(self) -> str:
+        return f"tsv:{file_digest(Path(self.path))}"
+
+
+@dataclass
+class JsonlFile(PairSource):
+    """One JSON object per line: {"de": …, "en": …}, or the hub's {"translation": {"de": …, "en": …}}."""
+
+    path: Path
+    src_lang: str
+    tgt_lang: str
+
+    def __post_init__(self):
+        self.origin = str(self.path)
+
+    def __iter__(self):
+        shape = f'each line must be {{"{self.src_lang}": "…", "{self.tgt_lang}": "…"}}'
+        for number, line in iter_lines(self.path):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{self.path}:{number}: not JSON ({e.msg} at column {e.colno}); {shape}") from None
+            row = row.get("translation", row) if isinstance(row, dict) else {}
+            try:
+                yield str(row[self.src_lang]).strip(), str(row[self.tgt_lang]).strip()
+            except KeyError as e:
+                raise CorpusError(f"{self.path}:{number}: no key {e}; {shape}") from None
+
+    def identity(self) -> str:
+        return f"jsonl:{self.src_lang}-{self.tgt_lang}:{file_digest(Path(self.path))}"
+
+
+@dataclass
+class SyntheticSplit(PairSource):
+    """Random symbol sequences and their copy or reversal; fixed per role by `cfg.seed` (a SyntheticConfig)."""
+
+    cfg: object
+    role: str
+
+    def __post_init__(self):
+        if self.cfg.task not in ("copy", "reverse"):
+            raise CorpusError(f"unknown data.synthetic.task={self.cfg.task!r}; choose copy or reverse")
+        self.origin = f"synthetic {self.cfg.task} {self.role}"
+
+    def __iter__(self):
+        cfg = self.cfg
+        rng = random.Random(cfg.seed + ROLES.index(self.role))
+        vocab = [f"s{i}" for i in range(cfg.symbols)]
+        for _ in range(getattr(cfg, f"{self.role}_size")):
+            words = rng.choices(vocab, k=rng.randint(cfg.min_len, cfg.max_len))
+            yield " ".join(words), " ".join(reversed(words) if cfg.task == "reverse" else words)
+
+    def identity(self) -> str:
+        fields = ("task", "symbols", "min_len", "max_len", "seed", f"{self.role}_size")
+        return "synthetic:" + json.dumps({k: getattr(self.cfg, k) for k in fields}, sort_keys=True) + self.role
+
+
+class TrainingPairs:
+    """The training pairs of a source, cut to `limit`: pairs with an empty side are dropped and counted (`read`,
+    `empty` after a pass), and a source left with none is an error.  Iterable any number of times (the tokenizer
+    and the store each read it)."""
+
+    def __init__(self, source: PairSource, limit: int | None = None):
+        self.source, self.limit, self.origin = source, limit, source.origin
+        self.read = self.empty = 0
+        self._identity = None
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        self.read = self.empty = 0
+        for src, tgt in itertools.islice(self.source, self.limit):
+            self.read += 1
+            if src and tgt:
+                yield src, tgt
+            else:
+                self.empty += 1
+        if self.read == self.empty:
             raise CorpusError(
-                f"{path}:{number}: invalid UTF-8 (byte {line[e.start]:#04x} at column {e.start + 1}); "
-                "re-encode the file as UTF-8"
-            ) from None
-    return lines
+                f"{self.origin}: no training pairs with text on both sides ({self.read} lines); check the files"
+            )
+
+    def sentences(self) -> Iterator[str]:
+        """The source sentences of every kept pair, then the target sentences (two passes): what the tokenizer
+        learns from."""
+        for side in (0, 1):
+            yield from (pair[side] for pair in self)
+
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = f"{self.source.identity()}|limit={self.limit}"
+        return self._identity
+
+
+def split_file(directory: Path, name: str) -> Path:
+    """`{name}.gz` or, failing that, plain `{name}`."""
+    gz = directory / f"{name}.gz"
+    return gz if gz.exists() or not (directory / name).exists() else directory / name
 
 
 def read_pair_files(src_path: str | Path, tgt_path: str | Path) -> Pairs:
-    """Read two line-aligned files; unequal line counts are an error."""
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise CorpusError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
-            "the files must be line-aligned (line i translates line i)"
-        )
-    return Pairs(src, tgt)
-
-
-def split_file(directory: Path, split: str, lang: str) -> Path:
-    """`{split}.{lang}.gz` or, failing that, plain `{split}.{lang}`."""
-    gz = directory / f"{split}.{lang}.gz"
-    return gz if gz.exists() or not (directory / f"{split}.{lang}").exists() else directory / f"{split}.{lang}"
-
-
-def filter_training_pairs(pairs: Pairs, origin: str) -> Pairs:
-    """Drop pairs with an empty side, and say how many went; none left is an error naming `origin`."""
-    keep = [i for i, (s, t) in enumerate(zip(pairs.src, pairs.tgt)) if s and t]
-    dropped = len(pairs) - len(keep)
-    if not keep:
-        raise CorpusError(f"{origin}: no training pairs with text on both sides ({len(pairs)} lines); check the files")
-    if dropped:
-        log.warning("dropped %d of %d training pairs with an empty side", dropped, len(pairs))
-    return Pairs([pairs.src[i] for i in keep], [pairs.tgt[i] for i in keep])
-
-
-def non_empty(pairs: Pairs, origin: str, role: str) -> Pairs:
-    if not len(pairs):
-        raise CorpusError(f"{origin}: the {role} split is empty; give it sentence pairs (or another data.{role}_split)")
-    return pairs
-
-
-def synthetic_pairs(cfg, role: str) -> Pairs:
-    """Random symbol sequences and their copy or reversal; fixed per role by `cfg.seed` (a SyntheticConfig)."""
-    if cfg.task not in ("copy", "reverse"):
-        raise CorpusError(f"unknown data.synthetic.task={cfg.task!r}; choose copy or reverse")
-    offset = ROLES.index(role)
-    rng = random.Random(cfg.seed + offset)
-    vocab = [f"s{i}" for i in range(cfg.symbols)]
-    src, tgt = [], []
-    for _ in range(getattr(cfg, f"{role}_size")):
-        words = rng.choices(vocab, k=rng.randint(cfg.min_len, cfg.max_len))
-        src.append(" ".join(words))
-        tgt.append(" ".join(reversed(words) if cfg.task == "reverse" else words))
-    return Pairs(src, tgt)
-
-
-def hub_pairs(name: str, config: str | None, split: str, src_lang: str, tgt_lang: str) -> Pairs:
-    """A split of a Hugging Face dataset with a `translation` column ({lang: text}).
-
-    `name` is a hub dataset (`datasets.load_dataset`, cached by `datasets`) or a directory
-    written by `Dataset(Dict).save_to_disk`.
-    """
-    import datasets
-
-    local = Path(name).expanduser()
-    if (local / "dataset_dict.json").exists():
-        splits = datasets.load_from_disk(str(local))
-    else:
-        try:
-            splits = datasets.load_dataset(name, config)
-        except Exception as e:  # the hub raises many types; name the dataset and the fix
-            raise CorpusError(
-                f"{name}: cannot load from the Hugging Face hub ({type(e).__name__}: {e}); "
-                "check data.hub / data.hub_config"
-            ) from None
-    if split not in splits:
-        raise CorpusError(
-            f"{name}: no split {split!r}; it has {', '.join(splits)} (set data.train_split / valid_split / test_split)"
-        )
-    rows = splits[split]["translation"]
-    for lang in (src_lang, tgt_lang):
-        if rows and lang not in rows[0]:
-            raise CorpusError(f"{name}: split {split!r} has no language {lang!r}; it has {', '.join(rows[0])}")
-    return Pairs([r[src_lang].strip() for r in rows], [r[tgt_lang].strip() for r in rows])
-
-
-def download_file(url: str, dest: Path, sha256: str | None = None) -> Path:
-    """Download `url` to `dest` once (atomically), checking its SHA-256 when given."""
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s -> %s", url, dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        if sha256:
-            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-            if digest != sha256:
-                raise CorpusError(
-                    f"{url}: SHA-256 {digest} does not match the expected {sha256}; retry or fix data.sha256"
-                )
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise CorpusError(f"{url}: download failed ({e}); set data.dir to a directory holding the files") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
-
-
-def resolve_data_dir(cfg, splits: list[str]) -> Path:
-    """Find the corpus directory: data.dir, $TRANSLATE_DATA_DIR, ../shared, else download."""
-    langs = [cfg.src_lang, cfg.tgt_lang]
-    for candidate, origin in ((cfg.dir, "data.dir"), (os.environ.get(DATA_DIR_ENV), DATA_DIR_ENV)):
-        if candidate:
-            directory = Path(candidate).expanduser()
-            if not directory.is_dir():
-                raise CorpusError(f"{directory}: directory not found (from {origin}); point {origin} at the corpus")
-            return directory
-    if cfg.name == "multi30k" and SHARED_MULTI30K.is_dir():
-        return SHARED_MULTI30K
-    directory = PROJECT_ROOT / cfg.download_dir
-    for split in splits:
-        for lang in langs:
-            name = f"{split}.{lang}.gz"
-            download_file(cfg.url.format(split=split, lang=lang), directory / name, cfg.sha256.get(name))
-    return directory
-
-
-def load_split(cfg, role: str) -> Pairs:
-    """One split of a `DataConfig` by role (train | valid | test), cut to its limit; train pairs filtered."""
-    split, limit = getattr(cfg, f"{role}_split"), getattr(cfg, f"{role}_limit")
-    if cfg.name == "synthetic":
-        return synthetic_pairs(cfg.synthetic, role).head(limit)
-    if cfg.hub:
-        pairs = hub_pairs(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang).head(limit)
-        origin = f"{cfg.hub} {split}"
-        return filter_training_pairs(pairs, origin) if role == "train" else non_empty(pairs, origin, role)
-    directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
-    src_file, tgt_file = split_file(directory, split, cfg.src_lang), split_file(directory, split, cfg.tgt_lang)
-    pairs, origin = read_pair_files(src_file, tgt_file).head(limit), f"{src_file} + {tgt_file.name}"
-    log.info(
-        "%s %s %s->%s: %s pairs of %s from %s",
-        cfg.name,
-        role,
-        cfg.src_lang,
-        cfg.tgt_lang,
-        f"{len(pairs):,}",
-        split,
-        directory,
-    )
-    return filter_training_pairs(pairs, origin) if role == "train" else non_empty(pairs, origin, role)
-
-
-def load_corpus(cfg) -> dict[str, Pairs]:
-    """The train, valid and test splits named by a `DataConfig`."""
-    return {role: load_split(cfg, role) for role in ROLES}
+    """Two whole line-aligned files (e.g. eval.src / eval.ref); unequal line counts are an error."""
+    return Pairs.read(TextFiles(Path(src_path), Path(tgt_path)))

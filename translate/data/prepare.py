@@ -1,16 +1,36 @@
-"""Corpus -> tokenizer -> encoded splits: everything training needs of the data, made in one call.
+"""Corpus -> tokenizer -> token store: everything training needs of the data, made in one call.
 
-data = prepare_data(cfg.data)      # a DataConfig
-data.tokenizer                      # SentencePiece, trained on the training split once and cached
-data.train_src, data.train_tgt      # subword ids per training pair (over-long pairs dropped and counted)
-data.train_lengths                  # the padded cost of each pair: max(source, target) + 1
-data.valid                          # the raw validation pairs
+    data = prepare_data(cfg.data)       # a DataConfig
+    data.tokenizer                      # SentencePiece, trained on the training split once and cached
+    data.store                          # the training pairs encoded once, memory-mapped (data.store.TokenStore)
+    data.valid                          # the raw validation pairs
+
+`make prepare` runs it alone; training runs it first (and finds both caches ready the second time).
 """
 
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from translate.data.corpus import PROJECT_ROOT, CorpusError, Pairs, load_corpus
+from translate.data.corpus import (
+    FORMATS,
+    PROJECT_ROOT,
+    ROLES,
+    CorpusError,
+    JsonlFile,
+    Pairs,
+    PairSource,
+    SyntheticSplit,
+    TextFiles,
+    TrainingPairs,
+    TsvFile,
+    split_file,
+)
+from translate.data.remote import HubSplit, resolve_data_dir
+from translate.data.store import FORMAT, TokenStore, open_or_build
 from translate.data.tokenizer import Tokenizer, train_or_load
 
 log = logging.getLogger(__name__)
@@ -19,32 +39,59 @@ log = logging.getLogger(__name__)
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    train_src: list[list[int]]
-    train_tgt: list[list[int]]
-    train_lengths: list[int]
+    store: TokenStore
     valid: Pairs
 
 
-def encode_split(
-    tokenizer: Tokenizer, pairs: Pairs, max_tokens: int | None = None
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Subword ids per side; with `max_tokens`, over-long pairs are dropped and counted."""
-    src, tgt = tokenizer.encode(pairs.src), tokenizer.encode(pairs.tgt)
-    if max_tokens:
-        keep = [i for i in range(len(src)) if len(src[i]) <= max_tokens and len(tgt[i]) <= max_tokens]
-        if src and not keep:
-            raise CorpusError(f"all {len(src)} training pairs are longer than data.max_tokens={max_tokens}; raise it")
-        if len(keep) < len(src):
-            log.warning("dropped %d training pairs longer than data.max_tokens=%d", len(src) - len(keep), max_tokens)
-        src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
-    return src, tgt
+def split_source(cfg, role: str) -> PairSource:
+    """The source of one split of a `DataConfig` by role (train | valid | test)."""
+    split = getattr(cfg, f"{role}_split")
+    if cfg.name == "synthetic":
+        return SyntheticSplit(cfg.synthetic, role)
+    if cfg.hub:
+        return HubSplit(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang)
+    if cfg.format not in FORMATS:
+        raise CorpusError(f"unknown data.format={cfg.format!r}; choose {', '.join(FORMATS)}")
+    directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
+    if cfg.format == "tsv":
+        return TsvFile(split_file(directory, f"{split}.tsv"))
+    if cfg.format == "jsonl":
+        return JsonlFile(split_file(directory, f"{split}.jsonl"), cfg.src_lang, cfg.tgt_lang)
+    return TextFiles(split_file(directory, f"{split}.{cfg.src_lang}"), split_file(directory, f"{split}.{cfg.tgt_lang}"))
 
 
-def prepare_data(cfg) -> PreparedData:
-    """Read the corpus named by `cfg` (all three splits, so a broken test split stops the run before training),
-    train or reuse its tokenizer, and encode the training pairs."""
-    corpus = load_corpus(cfg)
-    tokenizer = train_or_load(corpus["train"].src + corpus["train"].tgt, cfg.tokenizer, PROJECT_ROOT)
-    train_src, train_tgt = encode_split(tokenizer, corpus["train"], cfg.max_tokens)
-    lengths = [max(len(s), len(t)) + 1 for s, t in zip(train_src, train_tgt)]
-    return PreparedData(tokenizer, train_src, train_tgt, lengths, corpus["valid"])
+def load_split(cfg, role: str) -> Pairs:
+    """A small split (valid, test) of a `DataConfig`, read whole and cut to its limit; empty is an error."""
+    source = split_source(cfg, role)
+    pairs = Pairs.read(source, getattr(cfg, f"{role}_limit"))
+    if not len(pairs):
+        raise CorpusError(
+            f"{source.origin}: the {role} split is empty; give it sentence pairs (or another data.{role}_split)"
+        )
+    log.info(
+        "%s %s %s->%s: %s pairs from %s", cfg.name, role, cfg.src_lang, cfg.tgt_lang, f"{len(pairs):,}", source.origin
+    )
+    return pairs
+
+
+def store_key(pairs: TrainingPairs, tokenizer: Tokenizer, max_tokens: int | None) -> str:
+    """What a store's content depends on: the corpus, the tokenizer, the length filter and the format."""
+    what = {"format": FORMAT, "corpus": pairs.identity(), "tokenizer": tokenizer.digest(), "max_tokens": max_tokens}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_data(cfg, tokenizer_file: str | Path | None = None) -> PreparedData:
+    """Read the validation and test splits (a broken test split stops the run before training), train or reuse
+    the tokenizer on the training split — or take `tokenizer_file` (a resumed run's own) — and encode the
+    training split into its store once, on all cores."""
+    valid = load_split(cfg, "valid")
+    load_split(cfg, "test")
+    train = TrainingPairs(split_source(cfg, "train"), cfg.train_limit)
+    if tokenizer_file is not None:
+        tokenizer = Tokenizer(tokenizer_file)
+    else:
+        tokenizer = train_or_load(train.sentences(), cfg.tokenizer, PROJECT_ROOT, train.identity())
+    store_dir = (PROJECT_ROOT / cfg.store_dir).resolve() / store_key(train, tokenizer, cfg.max_tokens)
+    store = open_or_build(store_dir, train, tokenizer, cfg.max_tokens, len(os.sched_getaffinity(0)))
+    store.report_filtering()
+    return PreparedData(tokenizer, store, valid)

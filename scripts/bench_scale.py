@@ -1,0 +1,206 @@
+"""What corpus size costs: Multi30k's training split repeated 1×, 10×, 100× (29 k → 2.9 M pairs), measured in one run.
+
+    python scripts/bench_scale.py [--scales 1 10 100] [--steps 40] [--work runs/bench_scale] [--out docs/scale]
+
+For each scale, with `data=files` on a directory holding the repeated training files (Multi30k's own validation
+and test sets):
+  * `python -m translate.prepare` with empty caches (tokenizer + token store): wall time, store size on disk;
+  * the same again with the caches ready: wall time of a second start (process start and imports included);
+  * `python -m translate.train` for --steps updates of the default Transformer: peak RSS of the process
+    (VmHWM) and its peaks of anonymous memory (the process's own) and of file-backed memory (the mapped store
+    and libraries, shared with other processes), and target tokens/s (the run's own count, validation excluded);
+  * the same training on 2 data-parallel ranks × 1 thread (torchrun, gloo) at the smallest and largest scale:
+    each rank's anonymous memory and the ranks' summed proportional set size (PSS, shared pages split).
+Each finished measurement is kept in <work>/results.json, so a run cut short continues where it stopped.
+Prints and writes <out>.md / <out>.json with the host.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_ranks import host
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+TRAIN = ["trainer.valid_every=100000", "trainer.valid_bleu_sentences=20", "trainer.max_minutes=0"]
+
+
+def corpus(work: Path, times: int) -> Path:
+    """<work>/corpus_<times>x: train.{de,en} = Multi30k train repeated, val and test as they are."""
+    directory = work / f"corpus_{times}x"
+    if (directory / "done").exists():
+        return directory
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for lang in ("de", "en"):
+        train = gzip.decompress((MULTI30K / f"train.{lang}.gz").read_bytes())
+        with open(directory / f"train.{lang}", "wb") as out:
+            for _ in range(times):
+                out.write(train)
+        for split in ("val", "test_2016_flickr"):
+            shutil.copy(MULTI30K / f"{split}.{lang}.gz", directory / f"{split}.{lang}.gz")
+    (directory / "done").touch()
+    return directory
+
+
+def status(pid: int) -> dict[str, int]:
+    """VmHWM, RssAnon, RssFile (kB) from /proc/<pid>/status, and Pss from smaps_rollup."""
+    fields = {}
+    try:
+        for name in ("status", "smaps_rollup"):
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "RssAnon", "RssFile", "Pss"):
+                    fields[key] = int(value.split()[0])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return fields
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def measured(command: list[str], ranks: int = 1) -> dict:
+    """Run `command`, sampling the memory of its Python processes every 0.2 s: per process the peaks, in MB."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks: dict[int, dict[str, int]] = {}
+    pss_sum = 0
+    while process.poll() is None:
+        now = {p: status(p) for p in tree(process.pid)}
+        workers = {p: s for p, s in now.items() if s and (ranks == 1 or p != process.pid)}
+        for p, s in workers.items():
+            peaks[p] = {k: max(v, peaks.get(p, {}).get(k, 0)) for k, v in s.items()}
+        pss_sum = max(pss_sum, sum(s.get("Pss", 0) for s in workers.values()))
+        time.sleep(0.2)
+    output = process.stdout.read()
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    mb = lambda kb: round(kb / 1024)  # noqa: E731
+    procs = sorted(peaks.values(), key=lambda s: -s.get("RssAnon", 0))[:ranks]
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": max(mb(s.get("VmHWM", 0)) for s in procs),
+        "peak_anon_mb": [mb(s.get("RssAnon", 0)) for s in procs],
+        "peak_file_mb": [mb(s.get("RssFile", 0)) for s in procs],
+        "peak_pss_sum_mb": mb(pss_sum),
+        "output": output,
+    }
+
+
+def data_args(directory: Path, work: Path) -> list[str]:
+    return ["data=files", f"data.dir={directory}", "data.valid_split=val", "data.test_split=test_2016_flickr"] + [
+        f"data.tokenizer.cache_dir={work / 'cache' / directory.name / 'tok'}"
+    ]
+
+
+def bench(scale: int, steps: int, work: Path, ranks: int) -> dict:
+    directory = corpus(work, scale)
+    args = data_args(directory, work)
+    row = {"scale": scale, "pairs": 29_000 * scale}
+    if ranks == 1:
+        shutil.rmtree(work / "cache" / directory.name, ignore_errors=True)
+        cold = measured([sys.executable, "-m", "translate.prepare", *args])
+        warm = measured([sys.executable, "-m", "translate.prepare", *args])
+        store = next((work / "cache" / directory.name / "stores").iterdir())
+        row |= {
+            "prepare_s": cold["wall_s"],
+            "prepare_peak_rss_mb": cold["peak_rss_mb"],
+            "second_start_s": warm["wall_s"],
+        }
+        row["store_mb"] = round(sum(f.stat().st_size for f in store.iterdir()) / 1e6, 1)
+        launcher = [sys.executable]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    run_dir = work / f"run_{scale}x_{ranks}r"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    settings = [*TRAIN, f"trainer.max_steps={steps}", f"hydra.run.dir={run_dir}"]
+    settings += ["trainer.threads=1", "trainer.batch_tokens=2048"] if ranks > 1 else []
+    train = measured([*launcher, "-m", "translate.train", *args, *settings], ranks)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    row |= {"ranks": ranks, "steps": summary["steps"], "tokens_per_s": summary["tokens_per_s"]}
+    row |= {k: train[k] for k in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb", "peak_pss_sum_mb")}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
+def markdown(rows: list[dict], machine: str, steps: int) -> str:
+    one = [r for r in rows if r["ranks"] == 1]
+    two = [r for r in rows if r["ranks"] > 1]
+    lines = [
+        f"Host: {machine}. `python scripts/bench_scale.py` — {steps} updates of the default Transformer per "
+        "training row; memory sampled every 0.2 s (peaks).",
+        "",
+        "| training pairs | prepare (cold) | second start | store on disk | peak RSS | own (anon) | mapped (file) "
+        "| target tokens/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in one:
+        lines.append(
+            f"| {r['pairs']:,} | {r['prepare_s']:.1f} s | {r['second_start_s']:.1f} s | {r['store_mb']:.1f} MB "
+            f"| {r['peak_rss_mb']:,} MB | {r['peak_anon_mb'][0]:,} MB | {r['peak_file_mb'][0]:,} MB "
+            f"| {r['tokens_per_s']:,.0f} |"
+        )
+    if two:
+        lines += [
+            "",
+            "Two data-parallel ranks × 1 thread (torchrun, gloo), 2,048 tokens per rank:",
+            "",
+            "| training pairs | own (anon) per rank | mapped (file) per rank | PSS, both ranks | target tokens/s |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in two:
+            anon = " / ".join(f"{v:,}" for v in r["peak_anon_mb"])
+            mapped = " / ".join(f"{v:,}" for v in r["peak_file_mb"])
+            lines.append(
+                f"| {r['pairs']:,} | {anon} MB | {mapped} MB | {r['peak_pss_sum_mb']:,} MB | {r['tokens_per_s']:,.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_scale")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scale")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    done_file = args.work / "results.json"
+    done = json.loads(done_file.read_text()) if done_file.exists() else {}
+    plan = [(s, 1) for s in args.scales] + [(s, 2) for s in sorted({min(args.scales), max(args.scales)})]
+    for scale, ranks in plan:
+        key = f"{scale}x{ranks}r{args.steps}"
+        if key not in done:
+            print(f"measuring {scale}x, {ranks} rank(s) ...", flush=True)
+            done[key] = bench(scale, args.steps, args.work, ranks)
+            done_file.write_text(json.dumps(done, indent=1))
+        print(json.dumps(done[key]), flush=True)
+    rows = [done[f"{s}x{r}r{args.steps}"] for s, r in plan]
+    machine = host() + f", {os.cpu_count()} CPUs visible"
+    text = markdown(rows, machine, args.steps)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"host": machine, "rows": rows}, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
