@@ -23,7 +23,7 @@ LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.precisio
 	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop" \
 	"model=rnn_attention_ref trainer.loss_chunk=0"
 
-.PHONY: help install prepare train eval translate average compare report bench levers tensorboard test lint clean
+.PHONY: help install prepare train eval translate export average compare report bench levers tensorboard test lint clean
 .DEFAULT_GOAL := help
 
 help:  ## this list
@@ -51,9 +51,13 @@ eval: $(ENV)  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU,
 	@test -n "$(RUN)" || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
 	$(PY) -m translate.evaluate run=$(RUN) $(HYDRA_ARGS)
 
-translate: $(ENV)  ## make translate RUN=<run dir> [eval.beam_size=5] [attention=a.png] < in.txt > out.txt
-	@test -n "$(RUN)" || { echo "usage: make translate RUN=<run dir> [eval.beam_size=5] [attention=out.png] < in.txt > out.txt" >&2; exit 2; }
+translate: $(ENV)  ## make translate RUN=<run dir> [eval.beam_size=5] [attention=a.png] [engine=ct2] < in.txt > out.txt
+	@test -n "$(RUN)" || { echo "usage: make translate RUN=<run dir> [eval.beam_size=5] [attention=out.png] [engine=ct2 [quantization=int8]] < in.txt > out.txt" >&2; exit 2; }
 	@$(PY) -m translate.translate run=$(RUN) $(HYDRA_ARGS)
+
+export: $(ENV)  ## make export RUN=<run dir> [quantization=int8] [checkpoint=last]: a Transformer as a CTranslate2 model, <run>/ct2[-<q>]/
+	@test -n "$(RUN)" || { echo "usage: make export RUN=<run dir> [quantization=int8|int8_float32|float16|none] [checkpoint=best|last|averaged]"; exit 2; }
+	$(PY) -m translate.export run=$(RUN) $(HYDRA_ARGS)
 
 average: $(ENV)  ## make average RUN=<run dir> [last=5] [out=averaged]: mean weights of the newest numbered checkpoints
 	@test -n "$(RUN)" || { echo "usage: make average RUN=<run dir> [last=5] [out=averaged]"; exit 2; }

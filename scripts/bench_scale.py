@@ -78,10 +78,10 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def measured(command: list[str], ranks: int = 1) -> dict:
+def measured(command: list[str], ranks: int = 1, cwd: Path = ROOT) -> dict:
     """Run `command`, sampling the memory of its Python processes every 0.2 s: per process the peaks, in MB."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, dict[str, int]] = {}
     pss_sum = 0
     while process.poll() is None:
@@ -110,6 +110,28 @@ def data_args(directory: Path, work: Path) -> list[str]:
     return ["data=files", f"data.dir={directory}", "data.valid_split=val", "data.test_split=test_2016_flickr"] + [
         f"data.tokenizer.cache_dir={work / 'cache' / directory.name / 'tok'}"
     ]
+
+
+def before(scale: int, steps: int, work: Path, revision: str) -> dict:
+    """The same training with the code of `revision` (a git worktree in <work>/before), which read and encoded the
+    corpus into Python lists in every run: its peak memory and tokens/s, measured in this run."""
+    tree_dir = work / "before"
+    if not tree_dir.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree_dir), revision], cwd=ROOT, check=True)
+    directory = corpus(work, scale)
+    run_dir = work / f"run_{scale}x_before"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = [f"data.dir={directory}", "data.valid_split=val", "data.test_split=test_2016_flickr"]
+    args += [f"data.tokenizer.cache_dir={work / 'cache' / 'before' / 'tok'}", f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, "-m", "translate.train", *args, *TRAIN, f"trainer.max_steps={steps}"]
+    train = measured(command, cwd=tree_dir)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return (
+        {"scale": scale, "pairs": 29_000 * scale, "revision": revision, "wall_s": train["wall_s"]}
+        | {k: train[k] for k in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb")}
+        | {"tokens_per_s": summary["tokens_per_s"]}
+    )
 
 
 def bench(scale: int, steps: int, work: Path, ranks: int) -> dict:
@@ -142,7 +164,7 @@ def bench(scale: int, steps: int, work: Path, ranks: int) -> dict:
     return row
 
 
-def markdown(rows: list[dict], machine: str, steps: int) -> str:
+def markdown(rows: list[dict], earlier: list[dict], machine: str, steps: int) -> str:
     one = [r for r in rows if r["ranks"] == 1]
     two = [r for r in rows if r["ranks"] > 1]
     lines = [
@@ -173,6 +195,22 @@ def markdown(rows: list[dict], machine: str, steps: int) -> str:
             lines.append(
                 f"| {r['pairs']:,} | {anon} MB | {mapped} MB | {r['peak_pss_sum_mb']:,} MB | {r['tokens_per_s']:,.0f} |"
             )
+    if earlier:
+        lines += [
+            "",
+            f"The same training with the code before the store (`{earlier[0]['revision']}`: every run read and "
+            "encoded the corpus into Python lists), measured in the same run:",
+            "",
+            "| training pairs | peak RSS before | now | own (anon) before | now | target tokens/s before | now |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        now = {r["scale"]: r for r in one}
+        for r in earlier:
+            n = now[r["scale"]]
+            lines.append(
+                f"| {r['pairs']:,} | {r['peak_rss_mb']:,} MB | {n['peak_rss_mb']:,} MB | {r['peak_anon_mb'][0]:,} MB "
+                f"| {n['peak_anon_mb'][0]:,} MB | {r['tokens_per_s']:,.0f} | {n['tokens_per_s']:,.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +220,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_scale")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scale")
+    parser.add_argument("--before", help="also train with the code of this git revision (smallest, largest scale)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     done_file = args.work / "results.json"
@@ -195,10 +234,19 @@ def main() -> None:
             done_file.write_text(json.dumps(done, indent=1))
         print(json.dumps(done[key]), flush=True)
     rows = [done[f"{s}x{r}r{args.steps}"] for s, r in plan]
+    earlier = []
+    for scale in sorted({min(args.scales), max(args.scales)}) if args.before else []:
+        key = f"{scale}x-before-{args.before}-{args.steps}"
+        if key not in done:
+            print(f"measuring {scale}x with {args.before} ...", flush=True)
+            done[key] = before(scale, args.steps, args.work, args.before)
+            done_file.write_text(json.dumps(done, indent=1))
+        earlier.append(done[key])
     machine = host() + f", {os.cpu_count()} CPUs visible"
-    text = markdown(rows, machine, args.steps)
+    text = markdown(rows, earlier, machine, args.steps)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"host": machine, "rows": rows}, indent=1) + "\n")
+    result = {"host": machine, "rows": rows, "before": earlier}
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     print(text)
 
 

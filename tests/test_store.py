@@ -33,7 +33,7 @@ def test_store_holds_what_the_tokenizer_gives_and_is_reused(multi30k_dir, tmp_pa
     tgt = tok.encode(read_lines(multi30k_dir / "train.en.gz")[:1500])
     kept = [i for i in range(1500) if len(src[i]) <= 20 and len(tgt[i]) <= 20]
     assert 0 < len(kept) < 1500 and len(store) == len(kept)
-    assert all(store.src(j).tolist() == src[i] and store.tgt(j).tolist() == tgt[i] for j, i in enumerate(kept))
+    assert all(store.src(j) == src[i] and store.tgt(j) == tgt[i] for j, i in enumerate(kept))
     assert store.lengths.tolist() == [max(len(src[i]), len(tgt[i])) + 1 for i in kept]
     assert store.src_tokens.dtype == np.uint16 and isinstance(store.src_tokens, np.memmap)
     assert f"dropped {1500 - len(kept)} training pairs longer than data.max_tokens=20" in caplog.text
@@ -54,7 +54,7 @@ def test_store_holds_what_the_tokenizer_gives_and_is_reused(multi30k_dir, tmp_pa
 def test_damaged_store_is_rebuilt(multi30k_dir, tmp_path, caplog, damage):
     cfg = compose_train([*SMALL_DATA, *_caches(tmp_path)])
     first = prepare_data(cfg.data).store
-    expected = [first.src(i).tolist() for i in range(len(first))]
+    expected = [first.src(i) for i in range(len(first))]
     directory = first.directory
     if damage == "truncate tokens":
         path = directory / "src_tokens.npy"
@@ -66,7 +66,7 @@ def test_damaged_store_is_rebuilt(multi30k_dir, tmp_path, caplog, damage):
     with caplog.at_level("WARNING"):
         rebuilt = prepare_data(cfg.data).store
     assert f"token store {directory} is damaged" in caplog.text and "rebuilding it" in caplog.text
-    assert [rebuilt.src(i).tolist() for i in range(len(rebuilt))] == expected
+    assert [rebuilt.src(i) for i in range(len(rebuilt))] == expected
 
 
 def _repeated_corpus(multi30k_dir, directory: Path, times: int) -> Path:
@@ -143,4 +143,4 @@ def test_wmt14_config_on_a_fixture_of_its_shape(tmp_path):
     assert (cfg.data.valid_split, cfg.data.test_split, cfg.data.hub_config) == ("validation", "test", "de-en")
     data = prepare_data(cfg.data)
     assert len(data.store) == 300 and len(data.valid) == 5 and data.valid.src[0] == "Satz 1000 über Häuser"
-    assert data.tokenizer.decode([data.store.tgt(299).tolist()]) == ["sentence 299 about houses"]
+    assert data.tokenizer.decode([data.store.tgt(299)]) == ["sentence 299 about houses"]

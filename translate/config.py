@@ -179,6 +179,8 @@ class TranslateConfig:
         default_factory=EvalConfig
     )  # decoding settings: checkpoint, beam_size, length_penalty, n_best, …
     attention: str | None = None  # a .png file: draw the attention of the (single) input sentence
+    engine: str = "torch"  # torch | ct2: the PyTorch model, or its CTranslate2 export (make export)
+    quantization: str = "none"  # engine=ct2: which export, <run>/ct2 (none) or <run>/ct2-<quantization>
 
 
 @dataclass
@@ -186,6 +188,15 @@ class AverageConfig:
     run: str = "???"  # the run directory written by training
     last: int = 5  # average the newest `last` numbered checkpoints step_<N>.pt (see trainer.keep_last)
     out: str = "averaged"  # written to <run>/<out>.pt; use it with eval.checkpoint=<out>
+
+
+@dataclass
+class ExportConfig:
+    run: str = "???"  # the run directory written by training (a transformer)
+    checkpoint: str = "best"  # best | last | averaged | a path to a .pt file
+    # CTranslate2 weight type: none (float32) | int8 | int8_float32 | int8_float16 | int8_bfloat16 | int16 | float16
+    # | bfloat16; written to <run>/ct2 (none) or <run>/ct2-<quantization>
+    quantization: str = "none"
 
 
 def train_config(saved) -> DictConfig:
@@ -238,3 +249,4 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="translate_schema", node=TranslateConfig)
     cs.store(name="average_schema", node=AverageConfig)
+    cs.store(name="export_schema", node=ExportConfig)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from translate.config import TrainConfig
+from translate.config import ExportConfig, TrainConfig, TranslateConfig
 from translate.data.corpus import FORMATS
 from translate.errors import ConfigError
 from translate.models import MODELS, build_model
@@ -73,8 +73,14 @@ RULES: dict[str, Rule] = {
     **{f"eval.{k}": POSITIVE for k in ("batch_tokens", "beam_size", "n_best", "max_len_ratio")},
     **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty", "max_len_offset", "probe_k", "probe_per_k")},
     **dict.fromkeys(["eval.length_buckets", "eval.probe_length_buckets"], BUCKETS),
+    # translate and export (translate/export.py): the engine, and CTranslate2's weight types
+    "engine": one_of("torch", "ct2"),
+    "quantization": one_of(
+        "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16"
+    ),
 }
 DEFAULTS = OmegaConf.structured(TrainConfig)
+OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization}  # not in TrainConfig
 ABSENT = object()
 
 
@@ -91,7 +97,8 @@ def broken_rules(cfg) -> list[str]:
         except TypeError:
             ok = False
         if not ok:
-            broken.append(f"{key}={value} ({what}; default {OmegaConf.select(DEFAULTS, key)})")
+            default = OmegaConf.select(DEFAULTS, key, default=OTHER_DEFAULTS.get(key))
+            broken.append(f"{key}={value} ({what}; default {default})")
     return broken
 
 

@@ -184,6 +184,7 @@ class Trainer:
             )
         improved, seconds = state.record_validation(result.bleu), time.perf_counter() - started
         state.valid_seconds += seconds
+        state.train_seconds += seconds  # its clock was read before this validation (the last one is after every step)
         head = None if tc.attention_head < 0 else tc.attention_head
         images = attention_images(self.model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
         writers, valid = (self.writer, self.time_writer), self.data.valid

@@ -12,10 +12,14 @@ holds the n best translations separated by tabs.
 `attention=<file.png>` with a single input sentence also draws the model's attention,
 source pieces × target pieces (rnn_attention: its attention; transformer: the last
 layer's cross-attention averaged over heads).
+
+`engine=ct2 [quantization=…]` decodes with the run's CTranslate2 export instead of the PyTorch
+model (`make export` writes it; translate/export.py), under the same `eval.*` rules.
 """
 
 import logging
 import sys
+from functools import partial
 from itertools import islice
 
 import hydra
@@ -27,6 +31,7 @@ from translate.config_rules import check_config
 from translate.data.tokenizer import BOS, EOS
 from translate.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
 from translate.evaluate import decoding_options, load_run, translate_texts
+from translate.export import CT2Model, load_export
 from translate.plots import attention_figure
 from translate.search import Hypothesis, translate_ids
 
@@ -49,13 +54,12 @@ def decode_line(raw: bytes, number: int) -> str:
 
 def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1) -> list[str]:
     """One output line per input line (`first` is the number of the first): blank stays blank, n-best lists
-    are joined by tabs."""
+    are joined by tabs.  `model` is a PyTorch model or a CT2Model (engine=ct2)."""
     texts = [line.strip() for line in lines]
     todo = [i for i, text in enumerate(texts) if text]
     names = [f"line {first + i}" for i in todo]
-    translations = (
-        translate_texts(model, tokenizer, [texts[i] for i in todo], ec, progress=False, names=names) if todo else []
-    )
+    decode = model.translate_texts if isinstance(model, CT2Model) else partial(translate_texts, model)
+    translations = decode(tokenizer, [texts[i] for i in todo], ec, progress=False, names=names) if todo else []
     out, n = [""] * len(texts), ec.n_best
     for k, i in enumerate(todo):
         out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in translations[k * n : (k + 1) * n])
@@ -94,7 +98,13 @@ def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) 
 def run(cfg: DictConfig) -> int:
     """Translate stdin to stdout; returns how many lines failed."""
     ec, stdin, failed = cfg.eval, sys.stdin.buffer, 0
-    model, tokenizer, run_cfg, _ = load_run(cfg.run, ec.checkpoint, ec.device)
+    if cfg.engine == "ct2":
+        if cfg.attention:
+            raise ConfigError(f"attention={cfg.attention}: drawn from the PyTorch model; leave out engine=ct2")
+        model = load_export(cfg.run, cfg.quantization, ec)
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer, run_cfg, _ = load_run(cfg.run, ec.checkpoint, ec.device)
     if cfg.attention:
         if not model.has_attention:
             name = run_cfg.model.name

@@ -7,6 +7,7 @@ epoch is planned from the stored lengths alone (numpy arrays, a few bytes per
 pair); a batch's tokens are gathered from the memory-mapped store when it is built.
 """
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ class Batch:
 
 
 def pad(sequences: list[list[int]], value: int = PAD) -> torch.Tensor:
-    """(B, max_len) long tensor of right-padded sequences."""
-    out = torch.full((len(sequences), max(map(len, sequences))), value, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
+    """(B, max_len) long tensor of right-padded sequences (filled in one assignment: no per-row tensors)."""
+    lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
+    out = np.full((len(sequences), int(lengths.max())), value, dtype=np.int64)
+    out[np.arange(out.shape[1]) < lengths[:, None]] = np.fromiter(
+        itertools.chain.from_iterable(sequences), np.int64, int(lengths.sum())
+    )
+    return torch.from_numpy(out)
 
 
 def collate(src: list[list[int]], tgt: list[list[int]] | None, indices: list[int]) -> Batch:
@@ -168,13 +171,15 @@ def training_batches(
 def collate_examples(store, examples: list[tuple[int, ...]]) -> Batch:
     """A batch of training examples from a token store, each the pairs it names joined (source to source,
     target to target)."""
-
-    def join(side, example):
-        return np.concatenate([side(i) for i in example]).tolist() if len(example) > 1 else side(example[0]).tolist()
-
-    return collate(
-        [join(store.src, e) for e in examples], [join(store.tgt, e) for e in examples], [e[0] for e in examples]
-    )
+    pairs = [i for example in examples for i in example]
+    src, tgt = store.rows("src", pairs), store.rows("tgt", pairs)
+    joined_src, joined_tgt, k = [], [], 0
+    for example in examples:
+        n = len(example)
+        joined_src.append(src[k] if n == 1 else [t for row in src[k : k + n] for t in row])
+        joined_tgt.append(tgt[k] if n == 1 else [t for row in tgt[k : k + n] for t in row])
+        k += n
+    return collate(joined_src, joined_tgt, [e[0] for e in examples])
 
 
 def split_batch(examples: list, parts: int) -> list[list]:

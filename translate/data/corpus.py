@@ -71,8 +71,11 @@ class PairSource:
 
 
 def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:

@@ -1,8 +1,11 @@
 """The token store: training pairs encoded once into flat numpy arrays, memory-mapped by every run and rank.
 
-A store is a directory of `.npy` files, opened with `numpy.load(mmap_mode="r")`: the operating system pages in
-the rows a batch touches and shares those pages between processes, so neither the corpus size nor the number
-of data-parallel ranks adds to a process's own memory.
+A store is a directory of `.npy` files, opened with `numpy.load(mmap_mode="r")`.  Batching reads the lengths and
+offsets through the map; a batch reads its rows' tokens with `os.pread` into small buffers.  Both go through the
+operating system's page cache, which every process and rank shares, so neither the corpus size nor the number of
+data-parallel ranks adds to a process's own memory.  (Reading the tokens through the map as well would make
+every page a batch touches — with the kernel's fault-around, 64 KB per row — part of the process's resident
+set; after an epoch each rank's RSS would hold the whole store.)
 
     src_tokens, tgt_tokens     every kept pair's subword ids end to end (uint16 while the vocabulary fits, else uint32)
     src_offsets, tgt_offsets   pair i is tokens[offsets[i]:offsets[i + 1]]   (int64, pairs + 1)
@@ -42,7 +45,7 @@ class DamagedStore(Exception):
 
 
 class TokenStore:
-    """Encoded training pairs, memory-mapped: `store.src(i)`, `store.tgt(i)` (numpy views), `store.lengths`."""
+    """Encoded training pairs: `store.src(i)`, `store.tgt(i)` (lists of ids), `store.lengths` (memory-mapped)."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -66,15 +69,27 @@ class TokenStore:
                 raise DamagedStore(f"{side} arrays do not hold the {pairs:,} pairs meta.json counts")
         if len(self.lengths) != pairs:
             raise DamagedStore(f"lengths holds {len(self.lengths):,} entries for {pairs:,} pairs")
+        self.files = {side: open(self.directory / f"{side}_tokens.npy", "rb") for side in SIDES}  # noqa: SIM115
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def src(self, i: int) -> np.ndarray:
-        return self.src_tokens[self.src_offsets[i] : self.src_offsets[i + 1]]
+    def rows(self, side: str, pairs: list[int]) -> list[list[int]]:
+        """The token ids of `pairs` on one side (src | tgt), read from the page cache."""
+        tokens, offsets = getattr(self, f"{side}_tokens"), getattr(self, f"{side}_offsets")
+        index = np.asarray(pairs, dtype=np.int64)
+        starts, ends = offsets[index].tolist(), offsets[index + 1].tolist()
+        fd, size, base, dtype = self.files[side].fileno(), tokens.dtype.itemsize, tokens.offset, tokens.dtype
+        return [
+            np.frombuffer(os.pread(fd, (end - start) * size, base + start * size), dtype).tolist()
+            for start, end in zip(starts, ends)
+        ]
 
-    def tgt(self, i: int) -> np.ndarray:
-        return self.tgt_tokens[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
+    def src(self, i: int) -> list[int]:
+        return self.rows("src", [i])[0]
+
+    def tgt(self, i: int) -> list[int]:
+        return self.rows("tgt", [i])[0]
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.iterdir())
