@@ -69,7 +69,8 @@ def greedy_search(
     attention = torch.stack(attention, dim=1) if attention else None
     hypotheses = []
     for i, seq in enumerate(tokens):
-        length = seq.index(eos) if eos in seq else min(len(seq), int(max_len[i]))
+        seq = seq[: int(max_len[i])]  # a sentence at its limit went on decoding beside the others: not its tokens
+        length = seq.index(eos) if eos in seq else len(seq)
         att = attention[i, : length + 1, : int(src_mask[i].sum())].cpu() if attention is not None else None
         hypotheses.append(Hypothesis(seq[:length], float(scores[i]), att))
     return hypotheses

@@ -14,7 +14,7 @@ source pieces × target pieces (rnn_attention: its attention; transformer: the l
 layer's cross-attention averaged over heads).
 
 `engine=ct2 [quantization=…]` decodes with the run's CTranslate2 export instead of the PyTorch
-model (`make export` writes it; translate/export.py), under the same `eval.*` rules.
+model (`make export` writes it; translate/export.py, translate/ct2.py), under the same `eval.*` rules.
 """
 
 import logging
@@ -28,10 +28,10 @@ from omegaconf import DictConfig
 
 from translate.config import register_configs
 from translate.config_rules import check_config
+from translate.ct2 import CT2Model, load_export
 from translate.data.tokenizer import BOS, EOS
 from translate.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
 from translate.evaluate import decoding_options, load_run, translate_texts
-from translate.export import CT2Model, load_export
 from translate.plots import attention_figure
 from translate.search import Hypothesis, translate_ids
 

@@ -1,0 +1,157 @@
+"""Decoding with a CTranslate2 export (translate/export.py writes it): `make translate RUN=… engine=ct2`.
+
+`CT2Model` wraps a `ctranslate2.Translator` with the run's tokenizer and decodes under the same rules as our own
+search (translate/search.py): the source cut at the model's position limit, the output limit ratio × source
+tokens (EOS included) + offset, greedy for beam_size 1, else beam search ranked by the GNMT length penalty.
+"""
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from translate.checkpoint import find_checkpoint
+from translate.data.tokenizer import EOS, Tokenizer
+from translate.errors import ConfigError, UserError
+from translate.evaluate import decoding_options
+from translate.export import LONG_SOURCE, METADATA, TOKENIZER, export_command, export_dir, import_ctranslate2
+from translate.search import Hypothesis, gnmt_length_penalty, max_output_lengths
+
+log = logging.getLogger(__name__)
+
+
+def ct2_device(device: str) -> tuple[str, int]:
+    """eval.device as CTranslate2's (device, index): auto takes a GPU when CTranslate2 sees one."""
+    ctranslate2 = import_ctranslate2()
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    if device == "cpu":
+        return "cpu", 0
+    if device.startswith("cuda"):
+        return "cuda", int(device.partition(":")[2] or 0)
+    raise ConfigError(f"eval.device={device}: engine=ct2 runs on cpu or cuda; pass eval.device=cpu")
+
+
+class CT2Model:
+    """An export loaded into a `ctranslate2.Translator`, with the tokenizer and metadata beside it."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu", threads: int = 0):
+        ctranslate2 = import_ctranslate2()
+        self.directory = Path(directory)
+        self.metadata = json.loads((self.directory / METADATA).read_text(encoding="utf-8"))
+        self.tokenizer = Tokenizer(self.directory / TOKENIZER)
+        self.max_positions: int = self.metadata["max_positions"]
+        self.pieces = self.tokenizer.id_to_piece(list(range(len(self.tokenizer))))
+        self.ids = {piece: i for i, piece in enumerate(self.pieces)}
+        device, index = ct2_device(device)
+        self.translator = ctranslate2.Translator(
+            str(self.directory), device=device, device_index=index, intra_threads=threads or torch.get_num_threads()
+        )
+
+    def source_limit(self) -> int:
+        """Source tokens the model can read, its EOS not counted (as translate.search.source_limit)."""
+        return self.max_positions - 1
+
+    def _hypotheses(self, result, beam_size: int, length_penalty: float, n_best: int) -> list[Hypothesis]:
+        found = []
+        for pieces, score in zip(result.hypotheses, result.scores):
+            ids = [self.ids[p] for p in pieces]
+            ended = bool(ids) and ids[-1] == EOS
+            steps = len(ids)  # decoded steps, EOS included (return_end_token)
+            if beam_size == 1:
+                found.append(Hypothesis(ids[:-1] if ended else ids, score))
+            else:  # CTranslate2 ranked by score / steps (length_penalty=1); rank by the GNMT penalty instead
+                raw = score * steps
+                found.append(
+                    Hypothesis(ids[:-1] if ended else ids, raw, None, raw / gnmt_length_penalty(steps, length_penalty))
+                )
+        if beam_size > 1:
+            found.sort(key=lambda h: h.normalized, reverse=True)
+        return found[:n_best]
+
+    def translate_ids(
+        self,
+        sources: list[list[int]],
+        batch_tokens: int = 6000,
+        max_len_ratio: float = 2.0,
+        max_len_offset: int = 10,
+        beam_size: int = 1,
+        length_penalty: float = 0.6,
+        n_best: int = 1,
+    ) -> list[Hypothesis]:
+        """`translate.search.translate_ids` through CTranslate2: `n_best` hypotheses per source, flat, in input
+        order.  Sentences are decoded in groups that share an output limit (CTranslate2 takes one per call)."""
+        if beam_size == 1 and n_best != 1:
+            raise ValueError(f"n_best={n_best} needs beam search; set beam_size >= n_best")
+        if not sources:
+            return []
+        sources = [s[: self.source_limit()] for s in sources]
+        lengths = torch.tensor([len(s) + 1 for s in sources])  # + EOS, as the source mask counts
+        mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
+        limits = max_output_lengths(mask, max_len_ratio, max_len_offset).clamp(max=self.max_positions).tolist()
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, limit in enumerate(limits):
+            groups[limit].append(i)
+        results: list[list[Hypothesis]] = [[] for _ in sources]
+        for limit, indices in groups.items():
+            outputs = self.translator.translate_batch(
+                [[self.pieces[t] for t in sources[i]] for i in indices],
+                max_batch_size=max(1, batch_tokens // beam_size),
+                batch_type="tokens",
+                beam_size=beam_size,
+                num_hypotheses=beam_size,
+                length_penalty=0.0 if beam_size == 1 else 1.0,  # nonzero: collect beam_size finished, no early exit
+                max_decoding_length=limit,
+                max_input_length=0,  # already cut to the model's limit
+                min_decoding_length=0,  # EOS may come first, as in our search
+                return_scores=True,
+                return_end_token=True,
+            )
+            for i, result in zip(indices, outputs):
+                results[i] = self._hypotheses(result, beam_size, length_penalty, n_best)
+        return [h for nbest in results for h in nbest]
+
+    def translate_texts(
+        self, tokenizer, texts: list[str], ec, progress: bool = False, names: list[str] | None = None
+    ) -> list[str]:
+        """`translate.evaluate.translate_texts` through CTranslate2 (`tokenizer` is the export's own)."""
+        sources, limit = tokenizer.encode(texts), self.source_limit()
+        for i, ids in enumerate(sources):
+            if len(ids) > limit:
+                name = names[i] if names else f"sentence {i + 1}"
+                log.warning(LONG_SOURCE, name, len(ids), limit)
+        hyps = self.translate_ids(sources, **decoding_options(ec))
+        return tokenizer.decode([h.tokens for h in hyps])
+
+
+def load_export(run_dir: str | Path, quantization: str, ec) -> CT2Model:
+    """The export of `run_dir` for engine=ct2, or a one-line error saying how to make it."""
+    import_ctranslate2()
+    run_dir, directory = Path(run_dir), export_dir(run_dir, quantization)
+    if not (directory / METADATA).is_file():
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: run directory not found; pass RUN=<a directory written by make train>")
+        raise UserError(
+            f"{directory}: no CTranslate2 export here; make one first: {export_command(run_dir, quantization)}"
+        )
+    metadata = json.loads((directory / METADATA).read_text(encoding="utf-8"))
+    if metadata["checkpoint"] != ec.checkpoint:
+        raise ConfigError(
+            f"{directory}: exported from checkpoint {metadata['checkpoint']}, not eval.checkpoint={ec.checkpoint}; "
+            f"pass eval.checkpoint={metadata['checkpoint']} or {export_command(run_dir, quantization, ec.checkpoint)}"
+        )
+    try:
+        source = find_checkpoint(run_dir, ec.checkpoint)
+        if source.stat().st_mtime_ns != metadata["checkpoint_mtime_ns"]:
+            log.warning(
+                "%s: %s changed since it was exported (step %d); re-export: %s",
+                directory,
+                source.name,
+                metadata["step"],
+                export_command(run_dir, quantization, ec.checkpoint),
+            )
+    except UserError:  # the export serves without the checkpoint
+        pass
+    return CT2Model(directory, ec.device)
