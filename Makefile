@@ -6,24 +6,24 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 # the environment is a target: built when missing, rebuilt when pyproject.toml is newer than it
 ENV    := $(VENV)/.installed
-HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% HOST=% PORT=% NPROC=%,$(MAKEOVERRIDES))
+HYDRA_ARGS = $(filter-out RUN=% RUNS=% OUT=% EXPERIMENT=% TORCH=% VENV=% PYTHON=% HOST=% PORT=% NPROC=% SEEDS=% UPDATES=%,$(MAKEOVERRIDES))
 EXPERIMENT ?= bottleneck
 # TensorBoard listens here; only a command-line HOST=… counts (shells export HOST as the machine's name)
 HOST := $(if $(filter command line,$(origin HOST)),$(HOST),localhost)
 PORT ?= 6006
 OUT ?= runs/report
 # each lever off, after the three rows with every lever on, all in one run (ratios only within one run)
-LEVER_SETTINGS = "model=transformer_ref" "model=transformer_ref trainer.precision=bf16" "model=rnn_attention_ref" \
-	"model=transformer_ref trainer.adam_impl=for_loop" "model=transformer_ref trainer.adam_impl=foreach" \
-	"model=transformer_ref trainer.threads=1" "model=transformer_ref batching=random" \
-	"model=transformer_ref model.attention_dropout=0.1" \
-	"model=transformer_ref trainer.loss_chunk=0" "model=transformer_ref trainer.release_memory=false" \
+LEVER_SETTINGS = "model=transformer_ref trainer.precision=fp32" "model=transformer_ref trainer.precision=bf16" "model=rnn_attention_ref trainer.precision=fp32" \
+	"model=transformer_ref trainer.precision=fp32 trainer.adam_impl=for_loop" "model=transformer_ref trainer.precision=fp32 trainer.adam_impl=foreach" \
+	"model=transformer_ref trainer.precision=fp32 trainer.threads=1" "model=transformer_ref trainer.precision=fp32 batching=random" \
+	"model=transformer_ref trainer.precision=fp32 model.attention_dropout=0.1" \
+	"model=transformer_ref trainer.precision=fp32 trainer.loss_chunk=0" "model=transformer_ref trainer.precision=fp32 trainer.release_memory=false" \
 	"model=transformer_ref trainer.precision=bf16 trainer.loss_chunk=0" \
 	"model=transformer_ref trainer.precision=bf16 trainer.release_memory=false" \
-	"model=rnn_attention_ref batching=random" "model=rnn_attention_ref trainer.adam_impl=for_loop" \
-	"model=rnn_attention_ref trainer.loss_chunk=0"
+	"model=rnn_attention_ref trainer.precision=fp32 batching=random" "model=rnn_attention_ref trainer.precision=fp32 trainer.adam_impl=for_loop" \
+	"model=rnn_attention_ref trainer.precision=fp32 trainer.loss_chunk=0"
 
-.PHONY: help install prepare train eval translate export average compare report bench levers tensorboard test lint clean
+.PHONY: help install prepare train eval translate export average compare report bench bench-peers levers tensorboard test lint clean
 .DEFAULT_GOAL := help
 
 help:  ## this list
@@ -63,8 +63,8 @@ average: $(ENV)  ## make average RUN=<run dir> [last=5] [out=averaged]: mean wei
 	@test -n "$(RUN)" || { echo "usage: make average RUN=<run dir> [last=5] [out=averaged]"; exit 2; }
 	$(PY) -m translate.average run=$(RUN) $(HYDRA_ARGS)
 
-compare: $(ENV)  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report
-	$(PY) -m translate.train +experiment=$(EXPERIMENT) $(HYDRA_ARGS)
+compare: $(ENV)  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report; SEEDS=3: each with 3 seeds
+	$(PY) -m translate.train +experiment=$(EXPERIMENT) $(HYDRA_ARGS) $(if $(SEEDS),trainer.seed=$$(seq -s, 1234 $$((1233 + $(SEEDS)))))
 
 report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from finished runs
 	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report]'; exit 2; }
@@ -72,6 +72,9 @@ report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the compariso
 
 bench: $(ENV)  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/benchmark.{md,json}
 	$(PY) scripts/benchmark.py $(RUNS)
+
+bench-peers: $(ENV)  ## this project against JoeyNMT 2.3 in one run (its own venv in data/cache/peers) -> docs/peers.{md,json}
+	$(PY) scripts/bench_peers.py $(if $(UPDATES),--updates $(UPDATES))
 
 levers: $(ENV)  ## each speed lever on and off (docs/performance.md) -> docs/levers.{md,json}, docs/levers_train.{md,json}
 	$(PY) scripts/levers.py

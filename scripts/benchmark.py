@@ -9,8 +9,9 @@ docs/performance.md), fp32 and bf16.  For each: target
 tokens/s (median over steps after warm-up, batch building included), peak resident
 memory, model FLOPs per target token (counted on unpadded sentences, forward + backward)
 and MFU = FLOPs/token × tokens/s ÷ this machine's matmul peak, which the script measures
-itself for fp32 and bf16.  Decoding rows: one per trained RUN_DIR, sentences/s and
-target tokens/s on its test split for greedy and beam 5 (median of repeats).  Every
+itself for fp32 and bf16.  Decoding rows: one per trained RUN_DIR and engine (`--engines torch ct2
+ct2-int8`: ours, its CTranslate2 export in fp32 and int8), sentences/s, target tokens/s and BLEU on its
+test split for greedy and beam 5 (median of repeats).  Every
 measurement runs in its own process, so peak memory is its own.  Writes <out>.json/.md.
 """
 
@@ -30,10 +31,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
-    "model=rnn",
-    "model=rnn_attention_ref",
+    "model=rnn trainer.precision=fp32",
+    "model=rnn_attention_ref trainer.precision=fp32",
     "model=rnn_attention_ref trainer.precision=bf16",
-    "model=transformer_ref",
+    "model=transformer_ref trainer.precision=fp32",
     "model=transformer_ref trainer.precision=bf16",
 ]
 
@@ -144,7 +145,7 @@ def bench_train(setting: str, steps: int, warmup: int) -> dict:
     tokens_per_s = statistics.median(rates)
     return {
         "parameters": trainer.num_parameters,
-        "precision": cfg.trainer.precision,
+        "precision": trainer.precision,
         "threads": torch.get_num_threads(),
         "train_tokens_per_s": round(tokens_per_s, 1),
         "collate_ms": round(statistics.median(collate_ms), 2),
@@ -154,7 +155,10 @@ def bench_train(setting: str, steps: int, warmup: int) -> dict:
     }
 
 
-def bench_decode(run: Path, beam: int, repeats: int) -> dict:
+def bench_decode(run: Path, beam: int, repeats: int, hypotheses: Path | None = None, engine: str = "torch") -> dict:
+    """Decoding speed and BLEU on the run's test split; engine `torch` (ours), `ct2` or `ct2-<quantization>`
+    (its CTranslate2 export, made here when missing)."""
+    import sacrebleu
     from omegaconf import OmegaConf
 
     from translate.config import EvalConfig
@@ -163,18 +167,32 @@ def bench_decode(run: Path, beam: int, repeats: int) -> dict:
 
     model, tokenizer, cfg, _ = load_run(run)
     ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"beam_size": beam})
-    sources = load_split(cfg.data, "test").src
+    test = load_split(cfg.data, "test")
+    decode = lambda: translate_texts(model, tokenizer, test.src, ec, progress=False)
+    if engine != "torch":
+        from translate.ct2 import load_export
+        from translate.export import METADATA, export_dir, export_run
+
+        quantization = engine.partition("-")[2] or "none"
+        if not (export_dir(run, quantization) / METADATA).exists():
+            export_run(run, ec.checkpoint, quantization)
+        del model
+        ct2 = load_export(run, quantization, ec)
+        decode = lambda: ct2.translate_texts(ct2.tokenizer, test.src, ec)
     times, outputs = [], None
     for _ in range(repeats):
         started = time.perf_counter()
-        outputs = translate_texts(model, tokenizer, sources, ec, progress=False)
+        outputs = decode()
         times.append(time.perf_counter() - started)
     tokens = sum(len(t) + 1 for t in tokenizer.encode(outputs))  # target subwords + EOS
+    if hypotheses:
+        hypotheses.write_text("".join(line + "\n" for line in outputs))
     seconds = statistics.median(times)
     return {
-        "sentences_per_s": round(len(sources) / seconds, 1),
+        "sentences_per_s": round(len(test.src) / seconds, 1),
         "tokens_per_s": round(tokens / seconds, 1),
         "seconds": round(seconds, 2),
+        "bleu": round(sacrebleu.corpus_bleu(outputs, [test.tgt]).score, 2),
     }
 
 
@@ -191,7 +209,7 @@ def measure_one(what: str, target: str, args) -> dict:
     elif what == "train":
         result = bench_train(target, args.train_steps, args.warmup)
     else:
-        result = bench_decode(Path(target), int(what), args.repeats)
+        result = bench_decode(Path(target), int(what), args.repeats, args.hypotheses, args.engine)
     return {**result, "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
@@ -214,17 +232,18 @@ def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], arg
     if decode_rows:
         lines += [
             "",
-            "| decoding (test split) | "
-            + " | ".join(f"beam {b} sent/s | beam {b} tok/s" for b in args.beams)
+            "| decoding (test split) | engine | "
+            + " | ".join(f"beam {b} sent/s | beam {b} tok/s | beam {b} BLEU" for b in args.beams)
             + " | peak MiB |",
-            "|---|" + "---:|---:|" * len(args.beams) + "---:|",
+            "|---|---|" + "---:|---:|---:|" * len(args.beams) + "---:|",
         ]
         for r in decode_rows:
             cells = " | ".join(
-                f"{r[f'beam{b}']['sentences_per_s']:,.1f} | {r[f'beam{b}']['tokens_per_s']:,.0f}" for b in args.beams
+                f"{d['sentences_per_s']:,.1f} | {d['tokens_per_s']:,.0f} | {d['bleu']:.2f}"
+                for d in (r[f"beam{b}"] for b in args.beams)
             )
             peak = max(r[f"beam{b}"]["peak_rss_mib"] for b in args.beams)
-            lines.append(f"| {r['model']} (`{r['run']}`) | {cells} | {peak:,.0f} |")
+            lines.append(f"| {r['model']} (`{r['run']}`) | {r.get('engine', 'torch')} | {cells} | {peak:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +256,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"))
+    parser.add_argument(
+        "--engines", nargs="+", default=["torch"], help="decoding engines: torch, ct2, ct2-int8 (CTranslate2 exports)"
+    )
+    parser.add_argument("--engine", default="torch", help=argparse.SUPPRESS)  # with --one
+    parser.add_argument("--hypotheses", type=Path, help=argparse.SUPPRESS)  # with --one BEAM RUN: write them here
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -254,11 +278,13 @@ def main() -> None:
         train_rows.append(row)
         print(json.dumps(row), flush=True)
     for run in args.runs:
-        row = {"run": str(run), "model": json.loads((run / "train_summary.json").read_text())["model"]}
-        for beam in args.beams:
-            row[f"beam{beam}"] = run_isolated([str(beam), str(run), *common])
-        decode_rows.append(row)
-        print(json.dumps(row), flush=True)
+        for engine in args.engines:
+            row = {"run": str(run), "model": json.loads((run / "train_summary.json").read_text())["model"]}
+            row["engine"] = engine
+            for beam in args.beams:
+                row[f"beam{beam}"] = run_isolated([str(beam), str(run), *common, "--engine", engine])
+            decode_rows.append(row)
+            print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine, "train": train_rows, "decode": decode_rows}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -30,7 +30,8 @@ def compose_train(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-SMALL_DATA = [
+SMALL_DATA = [  # fp32 pinned: figures compared across runs must not depend on the host's bf16 (precision=auto)
+    "trainer.precision=fp32",
     "data.train_limit=1500",
     "data.valid_limit=40",
     "data.test_limit=40",
@@ -55,7 +56,7 @@ def tiny_synthetic(train_size: int, eval_size: int, max_len: int) -> list[str]:
     sizes = {"train": train_size, "valid": eval_size, "test": eval_size}
     data = [f"data.synthetic.{split}_size={n}" for split, n in sizes.items()]
     model = ["model.d_model=32", "model.heads=2", "model.ff_dim=64", "model.enc_layers=1", "model.dec_layers=1"]
-    return ["data=synthetic", *data, f"data.synthetic.max_len={max_len}", *model]
+    return ["data=synthetic", *data, f"data.synthetic.max_len={max_len}", *model, "trainer.precision=fp32"]
 
 
 @pytest.fixture

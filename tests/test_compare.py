@@ -1,16 +1,20 @@
 """make compare on the synthetic task: a real Hydra multirun, evaluation, report, and a cut run picking up again."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.config import SyntheticConfig
 from translate.data.corpus import Pairs, SyntheticSplit
 from translate.data.probe import long_sentence_probe
+from translate.errors import UserError
+from translate.seeds import load_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -82,19 +86,64 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     )
     assert "BLEU above `rnn`" in text
     assert Image.open(report / "bleu_vs_length.png").size[0] > 500
-    acc = EventAccumulator(str(sweep / "rnn" / "tensorboard"))
+    acc = EventAccumulator(str(sweep / "rnn_seed1234" / "tensorboard"))
     acc.Reload()
     assert "compare/bleu_vs_length" in acc.Tags()["images"]
 
     # cut after training: drop one evaluation and one summary; a re-run redoes only what is missing
-    (sweep / "transformer" / "eval" / "test.json").unlink()
-    (sweep / "rnn" / "train_summary.json").unlink()
+    (sweep / "transformer_seed1234" / "eval" / "test.json").unlink()
+    (sweep / "rnn_seed1234" / "train_summary.json").unlink()
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "not training again" in (sweep / "transformer" / "train.log").read_text()
-    assert "resumed from" in (sweep / "rnn" / "train.log").read_text()
-    assert (sweep / "transformer" / "eval" / "test.json").exists()
+    assert "not training again" in (sweep / "transformer_seed1234" / "train.log").read_text()
+    assert "resumed from" in (sweep / "rnn_seed1234" / "train.log").read_text()
+    assert (sweep / "transformer_seed1234" / "eval" / "test.json").exists()
     assert json.loads((report / "report.json").read_text())[0]["steps"] == 4
+
+
+def test_seeds_are_a_sweep_axis_and_the_report_spreads_over_them(tmp_path):
+    sweep = tmp_path / "compare"
+    args = ["-m", "translate.train", "+experiment=bottleneck", *TINY, "trainer.seed=1,2", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(
+        [sys.executable, *args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    models = ["rnn", "rnn_attention", "transformer"]
+    assert sorted(p.name for p in sweep.iterdir() if (p / "config.yaml").exists()) == sorted(
+        f"{m}_seed{s}" for m in models for s in (1, 2)
+    )
+    report = sweep / "report"
+    per_seed = [json.loads((report / f"seed_{s}" / "report.json").read_text()) for s in (1, 2)]
+    assert [[(r["model"], r["seed"]) for r in rows] for rows in per_seed] == [[(m, s) for m in models] for s in (1, 2)]
+    assert per_seed[0][0]["eval"]["bleu_by_length"] != per_seed[1][0]["eval"]["bleu_by_length"]  # seeds differ
+    seeds = json.loads((report / "seeds.json").read_text())
+    assert seeds["seeds"] == [1, 2] and list(seeds["models"]) == models
+    for model, m in seeds["models"].items():
+        runs = [next(r for r in rows if r["model"] == model) for rows in per_seed]
+        bleus = [r["eval"]["bleu"] for r in runs]
+        assert m["bleu"]["mean"] == round(statistics.fmean(bleus), 2)
+        assert m["bleu"]["std"] == round(statistics.stdev(bleus), 2)
+        for i, bucket in enumerate(m["probe_bleu_by_length"]):
+            scores = [r["eval"]["probe"]["bleu_by_length"][i]["bleu"] for r in runs]
+            assert (bucket["min"], bucket["max"]) == (min(scores), max(scores))
+    for model in models[1:]:
+        growth = seeds["models"][model]["lead_growth"]
+        own = [next(r for r in rows if r["model"] == model)["probe_lead_growth"] for rows in per_seed]
+        assert growth["per_seed"] == {
+            "1": {"growth": own[0]["growth"], "ci95": own[0]["ci95"]},
+            "2": {"growth": own[1]["growth"], "ci95": own[1]["ci95"]},
+        }
+        assert growth["mean"] == round(statistics.fmean(g["growth"] for g in own), 2)
+    text = (report / "seeds.md").read_text()
+    assert "over 2 seeds (1, 2)" in text and "| rnn_attention | 2 |" in text and "grows on every seed" in text
+    assert Image.open(report / "bleu_vs_length_seeds.png").size[0] > 500
+    assert "The comparison over 2 seeds" in done.stdout  # the multirun shows the seeds report
+    with pytest.raises(UserError, match="seed 1 given twice"):
+        load_reports([report / "seed_1", report / "seed_1" / "report.json"])
 
 
 def test_an_override_gets_its_own_comparison_directory(tmp_path):
@@ -119,7 +168,7 @@ def test_an_override_gets_its_own_comparison_directory(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     [sweep] = (tmp_path / "runs" / "compare").iterdir()
     assert sweep.name.startswith("synthetic_src-tgt_4steps_concat0.5_overrides-")  # too many overrides to spell out
-    assert (sweep / "rnn" / "eval" / "test.json").exists() and (sweep / "report" / "report.md").exists()
+    assert (sweep / "rnn_seed1234" / "eval" / "test.json").exists() and (sweep / "report" / "report.md").exists()
 
     # the same directory with another learning rate: refused, not skipped as finished
     args[-1] = f"hydra.sweep.dir={sweep}"

@@ -1,6 +1,7 @@
 """Each model trained for a few steps on a slice of the real Multi30k, evaluated, its events read back."""
 
 import json
+import logging
 import math
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from translate import runtime
 from translate.checkpoint import TrainState, load_checkpoint
 from translate.config import EvalConfig
 from translate.evaluate import evaluate, load_run
@@ -105,8 +107,23 @@ def test_bf16_autocast_trains(multi30k_dir, small_cfg, tmp_path):
     result = trainer.fit()
     assert trainer.state.step == 6 and math.isfinite(result["loss"])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
-    with pytest.raises(ValueError, match="unknown trainer.precision='fp8'; choose fp32 or bf16"):
+    with pytest.raises(ValueError, match="unknown trainer.precision='fp8'; choose auto, fp32 or bf16"):
         Trainer(small_cfg("rnn", "trainer.precision=fp8"), tmp_path / "bad")
+
+
+def test_precision_auto_follows_the_hardware(multi30k_dir, small_cfg, tmp_path, monkeypatch, caplog):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512_bf16", "amx_bf16"})
+    assert runtime.resolve_precision("auto", cpu) == ("bf16", "the CPU has AVX512-BF16 and AMX-BF16")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "avx512f"})
+    precision, why = runtime.resolve_precision("auto", cpu)
+    assert precision == "fp32" and "neither AVX512-BF16 nor AMX" in why
+    assert runtime.resolve_precision("bf16", cpu) == ("bf16", "trainer.precision=bf16")  # a choice is kept
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="translate.trainer"):  # the default, on this host
+        trainer = Trainer(small_cfg("rnn", "trainer.precision=auto"), tmp_path / "run")
+    expected = "bf16" if runtime.native_bf16(cpu) else "fp32"
+    assert trainer.precision == expected and f"precision {expected}: " in caplog.text
 
 
 def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):

@@ -261,3 +261,22 @@ def test_post_norm_untied_transformer_exports_exactly(exported, sentences, tmp_p
         flips, worst = _compare(model, sources, ours, theirs, 1.0, 2)
     assert len(flips) <= 1 and worst < SCORE_TOLERANCE
     print(f"post-LN, untied: {len(sources) - len(flips)}/{len(sources)} identical, score Δ ≤ {worst:.1e}/token")
+
+
+def test_benchmark_decodes_with_each_engine(exported, tmp_path):
+    """make bench's decoding rows for our search and the CTranslate2 exports: same test split, BLEU beside speed."""
+    out = tmp_path / "bench"
+    shutil.rmtree(exported / "ct2-int8", ignore_errors=True)
+    command = [sys.executable, "scripts/benchmark.py", str(exported), "--train", "--engines", "torch", "ct2"]
+    command += ["ct2-int8", "--beams", "1", "2", "--repeats", "1", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["decode"]
+    assert [r["engine"] for r in rows] == ["torch", "ct2", "ct2-int8"]
+    assert (exported / "ct2-int8" / "model.bin").exists()  # made by the benchmark when missing
+    for row in rows:
+        for beam in ("beam1", "beam2"):
+            assert row[beam]["sentences_per_s"] > 0 and row[beam]["peak_rss_mib"] > 50 and 0 <= row[beam]["bleu"] <= 100
+    # greedy CTranslate2 fp32 decodes as ours (test_ct2_greedy_output_is_our_greedy_output): the same BLEU here
+    assert abs(rows[0]["beam1"]["bleu"] - rows[1]["beam1"]["bleu"]) < 1.0
+    assert "| ct2-int8 |" in out.with_suffix(".md").read_text()

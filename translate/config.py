@@ -102,7 +102,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads on CPU; 0 = all cores
     # fp32 | bf16 | fp16 (CUDA, with loss scaling): autocast for the forward pass; weights and optimizer stay fp32
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware computes in it (AVX512-BF16, AMX, recent GPUs), else fp32
     batch_tokens: int = 4096  # padded source-or-target tokens per batch, whichever is larger
     accumulate: int = 1  # batches per update (gradient accumulation); the update sees ranks × accumulate batches
     concat_prob: float = 0.0  # probability that a training pair is joined to random others (long-input practice)

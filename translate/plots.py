@@ -22,14 +22,18 @@ def bucket_label(bucket: dict) -> str:
     return f"{bucket['min_words']}+" if bucket["max_words"] >= 999 else f"{bucket['min_words']}-{bucket['max_words']}"
 
 
-def bleu_by_length_figure(panels: list[tuple[str, list[tuple[str, list[dict]]]]]):
+def bleu_by_length_figure(panels: list[tuple[str, list[tuple[str, list[dict]]]]], band: tuple[str, str] | None = None):
     """BLEU against source length: one panel per (title, [(curve name, buckets of metrics.bleu_by_length), …]),
-    one curve per name; all curves of a panel share its buckets."""
+    one curve per name; all curves of a panel share its buckets.  `band` = (low key, high key) of the buckets
+    shades the range between them around each curve (translate.seeds: min and max over seeds)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels):
         for name, buckets in curves:
-            points = [(i, b["bleu"]) for i, b in enumerate(buckets) if b["bleu"] is not None]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            kept = [(i, b) for i, b in enumerate(buckets) if b["bleu"] is not None]
+            (line,) = ax.plot([i for i, _ in kept], [b["bleu"] for _, b in kept], marker="o", label=name)
+            if band:
+                low, high = ([b[key] for _, b in kept] for key in band)
+                ax.fill_between([i for i, _ in kept], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         first = curves[0][1]
         ax.set_xticks(range(len(first)), [f"{bucket_label(b)}\n(n={b['sentences']})" for b in first], fontsize=8)
         ax.set(title=title, xlabel="source sentence length (words)", ylabel="BLEU")

@@ -10,12 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 from hydra.experimental.callback import Callback
 from torch.utils.tensorboard import SummaryWriter
 
 from translate.errors import UserError, one_line_errors
 from translate.metrics import bleu_statistics, lead_growth_interval, length_bucket
 from translate.plots import bleu_by_length_figure, bucket_label, plt
+from translate.seeds import DEFAULT_SEED, write_seeds_report
 
 
 def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
@@ -181,6 +183,9 @@ def plot(rows: list[dict], path: Path):
 
 def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
     rows = [r for r in (load_run_results(Path(d)) for d in run_dirs) if r]
+    if len({r["model"] for r in rows}) == len(rows):  # a comparison: one run per model, named by it
+        for r in rows:
+            r["name"] = r["model"]
     missing = sorted(set(map(str, run_dirs)) - {r["run"] for r in rows})
     if not rows:
         raise UserError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
@@ -203,14 +208,35 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
     return rows
 
 
+def run_seed(run_dir: Path) -> int:
+    """The seed a run was trained with (its config.yaml); the default seed for a directory without one."""
+    config = run_dir / "config.yaml"
+    return int(yaml.safe_load(config.read_text())["trainer"]["seed"]) if config.exists() else DEFAULT_SEED
+
+
+def write_reports(run_dirs: list[Path], out: Path) -> Path:
+    """One comparison's report in `out`; runs of several seeds get one report per seed in `out`/seed_<s>/ and
+    the spread over seeds in `out` (translate.seeds).  Returns the markdown file to show."""
+    by_seed = {}
+    for run in run_dirs:
+        by_seed.setdefault(run_seed(run), []).append(run)
+    if len(by_seed) == 1:
+        write_report(run_dirs, out)
+        return out / "report.md"
+    for seed, runs in sorted(by_seed.items()):
+        write_report(runs, out / f"seed_{seed}")
+    write_seeds_report([out / f"seed_{seed}" for seed in sorted(by_seed)], out)
+    return out / "seeds.md"
+
+
 class ReportCallback(Callback):
     """Writes <sweep dir>/report/ when a Hydra multirun (e.g. make compare) ends."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").exists())
-        write_report(runs, sweep / "report")
-        print((sweep / "report" / "report.md").read_text())
+        shown = write_reports(runs, sweep / "report")
+        print(shown.read_text())
         print(f"report: {sweep / 'report'}")
 
 
@@ -220,8 +246,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (trained and evaluated)")
     parser.add_argument("--out", type=Path, default=Path("runs/report"), help="report directory (default: runs/report)")
     args = parser.parse_args()
-    write_report(args.runs, args.out)
-    print((args.out / "report.md").read_text())
+    print(write_reports(args.runs, args.out).read_text())
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_CPU_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}  # /proc/cpuinfo flag -> unit
 
 
@@ -46,11 +46,26 @@ def native_bf16(device: torch.device) -> bool:
     return bool(BF16_CPU_FLAGS.keys() & cpu_flags())
 
 
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """`auto` becomes bf16 where the hardware computes in it (native_bf16), fp32 elsewhere; any other choice stays.
+    Returns (precision, why), the reason a line for the log."""
+    if precision != "auto":
+        return precision, f"trainer.precision={precision}"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        supported = native_bf16(device)
+        return ("bf16", f"{name} computes in bf16") if supported else ("fp32", f"{name} has no bf16")
+    units = [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in cpu_flags()]
+    if units:
+        return "bf16", f"the CPU has {' and '.join(units)}"
+    return "fp32", "the CPU has neither AVX512-BF16 nor AMX, where bf16 would be emulated (tens of times slower)"
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (CPUs with AVX512-BF16 / AMX, recent GPUs), fp16 autocast (CUDA; the trainer scales the loss
-    with a GradScaler), or a no-op for fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown trainer.precision={precision!r}; choose {' or '.join(PRECISIONS)}")
+    with a GradScaler), or a no-op for fp32; `precision` is resolved (resolve_precision) first."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown trainer.precision={precision!r}; choose auto, fp32 or bf16 (fp16 on CUDA)")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(
             f"trainer.precision=fp16 needs a CUDA device (this run: {device.type}); on a CPU use bf16 or fp32"

@@ -112,6 +112,8 @@ def run_summary(trainer: Trainer) -> dict:
     step_seconds = max(state.train_seconds - state.valid_seconds, 1e-9)
     return {
         "model": trainer.cfg.model.name,
+        "seed": trainer.tc.seed,
+        "precision": trainer.precision,
         "parameters": trainer.num_parameters,
         "steps": state.step,
         "epochs": round(state.epoch + state.batch_in_epoch / len(trainer.epoch_batches()), 2),

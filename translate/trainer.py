@@ -32,6 +32,7 @@ from translate.progress import NonFiniteLossError, TrainingProgress, event_write
 from translate.runtime import (
     autocast,
     resolve_device,
+    resolve_precision,
     restore_rng_states,
     rng_states,
     seed_everything,
@@ -54,8 +55,11 @@ class Trainer:
         seed_everything(self.tc.seed)
         set_threads(self.tc.threads)
         self.device = device or resolve_device(self.tc.device)
-        self.autocast = lambda: autocast(self.device, self.tc.precision)
+        self.precision, why = resolve_precision(self.tc.precision, self.device)
+        self.autocast = lambda: autocast(self.device, self.precision)
         self.autocast()  # an unknown precision stops here, before the data is read
+        if self.main:
+            log.info("precision %s: %s", self.precision, why)
 
         own = self.run_dir / "tokenizer.model"  # a resumed run keeps its own tokenizer, whatever the cache holds
         own = own if cfg.get("resume") and own.exists() else None
@@ -65,7 +69,7 @@ class Trainer:
         self.concat_prob = joining_probability(self.tc.concat_prob, cfg.data.joinable, cfg.data.name)
         self.model = build_model(cfg.model, len(self.data.tokenizer), PAD).to(self.device)
         self.num_parameters = count_parameters(self.model)
-        self.update = Updater(self.model, self.tc, self.device, self.dist, self.autocast)
+        self.update = Updater(self.model, self.tc, self.device, self.dist, self.autocast, self.precision)
         self.stop_requested, self.interrupted = (lambda: False), False
         self.state = TrainState()
         if cfg.get("resume"):

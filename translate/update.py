@@ -16,11 +16,11 @@ from translate.runtime import heap_trimmer
 class Updater:
     """Owns what changes the weights: optimizer, schedule, GradScaler and the (possibly DDP-wrapped) loss."""
 
-    def __init__(self, model, tc, device: torch.device, dist: Distributed, autocast):
+    def __init__(self, model, tc, device: torch.device, dist: Distributed, autocast, precision: str):
         self.model, self.tc, self.dist, self.autocast = model, tc, dist, autocast
         self.optimizer = build_optimizer(model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.trim_heap = heap_trimmer() if tc.release_memory and device.type == "cpu" else lambda: None
         features = torch.compile(model.features, dynamic=True) if tc.compile else None
         # every rank loads the same checkpoint afterwards, in place, so wrapping first keeps them equal
