@@ -121,7 +121,30 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
     return flops / tokens
 
 
-def bench_train(setting: str, steps: int, warmup: int) -> dict:
+def where_time_goes(trainer, batches: list, top: int = 12) -> list[dict]:
+    """torch.profiler over whole training steps: the operators taking the most time of their own (self CPU time,
+    children excluded), in ms per step and as a share of all operators' self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for examples in batches:
+            batch = trainer.collate(examples)
+            trainer.update.step([(batch, 1.0)], batch.num_tgt_tokens)
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "calls_per_step": round(e.count / len(batches), 1),
+            "ms_per_step": round(e.self_cpu_time_total / 1000 / len(batches), 2),
+            "share": round(e.self_cpu_time_total / total, 4),
+        }
+        for e in ranked
+    ]
+
+
+def bench_train(setting: str, steps: int, warmup: int, profile_steps: int = 0) -> dict:
     from translate.trainer import Trainer
 
     cfg = compose_settings(setting, warmup + steps)
@@ -141,9 +164,15 @@ def bench_train(setting: str, steps: int, warmup: int) -> dict:
                 rates.append(batch.num_tgt_tokens / (time.perf_counter() - started))
                 collate_ms.append(1000 * (built - started))
                 real, padded = real + batch.num_tgt_tokens, padded + batch.tgt_out.numel()
+        profiled = (
+            where_time_goes(trainer, [order[(warmup + steps + k) % len(order)] for k in range(profile_steps)])
+            if profile_steps
+            else None
+        )
         trainer.close()
     tokens_per_s = statistics.median(rates)
     return {
+        **({"profile": profiled} if profiled else {}),
         "parameters": trainer.num_parameters,
         "precision": trainer.precision,
         "threads": torch.get_num_threads(),
@@ -207,7 +236,7 @@ def measure_one(what: str, target: str, args) -> dict:
     if what == "peak":
         result = {dtype: round(matmul_peak_gflops(getattr(torch, dtype)), 1) for dtype in ("float32", "bfloat16")}
     elif what == "train":
-        result = bench_train(target, args.train_steps, args.warmup)
+        result = bench_train(target, args.train_steps, args.warmup, args.profile)
     else:
         result = bench_decode(Path(target), int(what), args.repeats, args.hypotheses, args.engine)
     return {**result, "peak_rss_mib": round(peak_rss_mib(), 1)}
@@ -229,6 +258,14 @@ def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], arg
             f"| `{r['setting']}` | {r['parameters']:,} | {r['train_tokens_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} | "
             f"{r['gflops_per_token']:.3f} | {r['mfu']:.1%} | {r['target_padding']:.1%} | {r['collate_ms']:.1f} |"
         )
+    for r in train_rows:
+        if r.get("profile"):
+            lines += ["", f"Where a training step's time goes, `{r['setting']}` (torch.profiler, self CPU time):", ""]
+            lines += ["| operator | calls / step | ms / step | share |", "|---|---:|---:|---:|"]
+            lines += [
+                f"| `{p['op']}` | {p['calls_per_step']:g} | {p['ms_per_step']:,.1f} | {p['share']:.1%} |"
+                for p in r["profile"]
+            ]
     if decode_rows:
         lines += [
             "",
@@ -254,6 +291,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, help="profile N more training steps: where the time goes")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--out", type=Path, default=Path("docs/benchmark"))
     parser.add_argument(
@@ -267,6 +305,7 @@ def main() -> None:
         print(json.dumps(measure_one(*args.one, args)))
         return
     common = ["--train-steps", str(args.train_steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    common += ["--profile", str(args.profile)]
     peak = run_isolated(["peak", "-", *common])
     machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     machine["peak_gflops"] = {k: peak[k] for k in ("float32", "bfloat16")}

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from translate.models.dropout import dropout
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim with masked-out positions (mask False) at exactly zero weight."""
@@ -41,7 +43,7 @@ def attention_weights(q, k, mask=None, is_causal: bool = False) -> torch.Tensor:
 def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0):
     """softmax(Q Kᵀ / √d_k) V as matmul, softmax, matmul -> (output, weights); arguments as below."""
     weights = attention_weights(q, k, mask, is_causal)
-    return F.dropout(weights, dropout_p) @ v, weights
+    return dropout(weights, dropout_p) @ v, weights
 
 
 def scaled_dot_product_attention(

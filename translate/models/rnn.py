@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from translate.models.attention import build_attention
 from translate.models.base import EncoderDecoder
+from translate.models.dropout import Dropout
 
 CELLS = {"gru": (nn.GRU, nn.GRUCell), "lstm": (nn.LSTM, nn.LSTMCell)}
 
@@ -33,7 +34,7 @@ class RNNEncoder(nn.Module):
         self, embedding: nn.Embedding, cell: str, hidden_dim: int, layers: int, bidirectional: bool, dropout: float
     ):
         super().__init__()
-        self.embedding, self.dropout = embedding, nn.Dropout(dropout)
+        self.embedding, self.dropout = embedding, Dropout(dropout)
         self.rnn = cell_classes(cell)[0](
             embedding.embedding_dim,
             hidden_dim,
@@ -81,7 +82,7 @@ class RNNSeq2Seq(EncoderDecoder):
         self.encoder = RNNEncoder(
             self.embedding, cfg.cell, cfg.hidden_dim, cfg.enc_layers, cfg.bidirectional, cfg.dropout
         )
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.generator = nn.Linear(cfg.emb_dim, vocab_size, bias=False)
         for emb in {self.embedding, self.tgt_embedding}:  # unit-scale logits at start, tied or not
             nn.init.normal_(emb.weight, std=cfg.emb_dim**-0.5)

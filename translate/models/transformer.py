@@ -17,6 +17,7 @@ from torch import nn
 
 from translate.models.attention import KV, MultiHeadAttention
 from translate.models.base import EncoderDecoder
+from translate.models.dropout import Dropout
 
 
 class PositionalEncoding(nn.Module):
@@ -71,7 +72,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, ff_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
+        self.net = nn.Sequential(nn.Linear(d_model, ff_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ff_dim, d_model))
 
     def forward(self, x):
         return self.net(x)
@@ -86,7 +87,7 @@ class Residual(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
-        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), Dropout(dropout), pre_norm
 
     def inner(self, x):
         return self.norm(x) if self.pre_norm else x
@@ -150,7 +151,7 @@ class Transformer(EncoderDecoder):
         self.d_model = d
         self.embedding = nn.Embedding(vocab_size, d, padding_idx=pad_id)
         self.tgt_embedding = self.embedding if cfg.tie_embeddings else nn.Embedding(vocab_size, d, padding_idx=pad_id)
-        self.positions, self.dropout = PositionalEncoding(d), nn.Dropout(cfg.dropout)
+        self.positions, self.dropout = PositionalEncoding(d), Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*args) for _ in range(cfg.enc_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(*args) for _ in range(cfg.dec_layers))
         self.encoder_norm = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
