@@ -13,7 +13,9 @@ d_model / hidden 256-512, Multi30k sentence lengths), forward + backward, median
 - the attention RNN's readout and output layer applied once over all target positions
   versus at every decoder step (teacher forcing);
 - packed versus padded sequences in the bidirectional GRU encoder, on length-bucketed
-  batches and on random batches.
+  batches and on random batches;
+- dropout masks from 16-bit draws (translate/models/dropout.py) versus PyTorch's bernoulli_
+  masks, on the feed-forward activations of a batch (4,096 × 1,024), fp32 and bf16.
 """
 
 import argparse
@@ -28,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from translate.models.attention import AdditiveAttention, MultiHeadAttention, written_out_attention
+from translate.models.dropout import dropout as dropout_16bit
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -38,6 +41,15 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
+
+
+def dropout_lever(repeats: int, dtype: torch.dtype) -> dict:
+    """Dropout 0.1 on the reference Transformer's feed-forward activations of one batch, forward + backward."""
+    x = torch.randn(4096, 1024, dtype=dtype, requires_grad=True)
+    grad = torch.randn(4096, 1024, dtype=dtype)
+    ours = lambda: dropout_16bit(x, 0.1).backward(grad)  # noqa: E731
+    bernoulli = lambda: F.dropout(x, 0.1, training=True).backward(grad)  # noqa: E731
+    return {"on_ms": median_ms(ours, repeats), "off_ms": median_ms(bernoulli, repeats)}
 
 
 def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
@@ -147,6 +159,8 @@ def main() -> None:
         "attention RNN readout batched over target positions": batched_readout_lever(args.repeats),
         "packed GRU encoder, length-bucketed batch": packing_lever(args.repeats, batch_lengths(bucketed=True)),
         "packed GRU encoder, random batch": packing_lever(args.repeats, batch_lengths(bucketed=False)),
+        "dropout masks from 16-bit draws vs bernoulli_ (fp32)": dropout_lever(args.repeats, torch.float32),
+        "dropout masks from 16-bit draws vs bernoulli_ (bf16)": dropout_lever(args.repeats, torch.bfloat16),
     }
     lines = [
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward + backward, median of {args.repeats}.",

@@ -199,3 +199,27 @@ def test_every_model_keeps_the_decoding_contract(key):
         torch.testing.assert_close(features, model.features(src, mask, tgt))
         maps = model.attention_maps(src, mask, tgt)
         assert maps and all(m.shape == (4, 7, 9) for m in maps.values())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_cpu_dropout_drops_at_its_rate_and_keeps_the_expectation(p):
+    from translate.models.dropout import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.full((1000, 1000), 2.0, requires_grad=True)
+    y = dropout(x, p)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.002  # 10^6 draws: 4 standard deviations
+    assert abs(y.mean().item() - 2.0) < 0.01 and torch.allclose(y[y != 0], torch.tensor(2.0 / (1 - p)), atol=1e-4)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient passes where the value did, scaled alike
+    # the four 16-bit numbers of one 64-bit draw are independent: each position of a group of four drops alike
+    rates = (dropout(torch.ones(4_000_000), 0.5) == 0).float().view(-1, 4).mean(0)
+    assert torch.allclose(rates, torch.tensor(0.5), atol=0.002)
+    # seeded like the rest of training; identity in eval mode and at p = 0; bf16 stays bf16
+    torch.manual_seed(7)
+    a = Dropout(p)(torch.ones(64))
+    torch.manual_seed(7)
+    assert torch.equal(a, Dropout(p)(torch.ones(64)))
+    assert torch.equal(Dropout(p).eval()(x), x) and dropout(x, 0.0) is x
+    assert dropout(torch.ones(8, dtype=torch.bfloat16), p).dtype == torch.bfloat16

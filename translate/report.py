@@ -229,12 +229,19 @@ def write_reports(run_dirs: list[Path], out: Path) -> Path:
     return out / "seeds.md"
 
 
+def job_order(run_dir: Path) -> tuple[int, str]:
+    """A sweep's runs in the order Hydra launched them (its job number), then by name."""
+    hydra = run_dir / ".hydra" / "hydra.yaml"
+    number = yaml.safe_load(hydra.read_text())["hydra"]["job"].get("num") if hydra.exists() else None
+    return (number if isinstance(number, int) else 1 << 30, run_dir.name)
+
+
 class ReportCallback(Callback):
     """Writes <sweep dir>/report/ when a Hydra multirun (e.g. make compare) ends."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        runs = sorted(p for p in sweep.iterdir() if (p / "config.yaml").exists())
+        runs = sorted((p for p in sweep.iterdir() if (p / "config.yaml").exists()), key=job_order)
         shown = write_reports(runs, sweep / "report")
         print(shown.read_text())
         print(f"report: {sweep / 'report'}")
