@@ -218,7 +218,7 @@ def our_training(name: str, setting: str, args, tag: str) -> tuple[dict, Path]:
     _, peak = run_measured(command, args.work / f"ours_{name}_{tag}_train.log")
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     rates = [e.value for e in events.Reload().Scalars("train/tokens_per_s")]
-    precision = re.search(r"precision (\w+): (.*)", (run / "train.log").read_text())
+    precision = re.search(r"precision (\w+) \((.*)\)$", (run / "train.log").read_text(), re.MULTILINE)
     row = {
         "tool": "translate",
         "model": name,

@@ -123,7 +123,7 @@ def test_precision_auto_follows_the_hardware(multi30k_dir, small_cfg, tmp_path, 
     with caplog.at_level(logging.INFO, logger="translate.trainer"):  # the default, on this host
         trainer = Trainer(small_cfg("rnn", "trainer.precision=auto"), tmp_path / "run")
     expected = "bf16" if runtime.native_bf16(cpu) else "fp32"
-    assert trainer.precision == expected and f"precision {expected}: " in caplog.text
+    assert trainer.precision == expected and f"parameters on cpu, precision {expected} (" in caplog.text
 
 
 def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):

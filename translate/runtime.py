@@ -47,18 +47,18 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """`auto` becomes bf16 where the hardware computes in it (native_bf16), fp32 elsewhere; any other choice stays.
-    Returns (precision, why), the reason a line for the log."""
+    """`auto` becomes bf16 where the hardware computes in it (native_bf16), fp32 elsewhere; any other choice stays,
+    checked (an unknown one, or fp16 on a CPU, is an error).  Returns (precision, why), the reason for the log."""
     if precision != "auto":
+        autocast(device, precision)
         return precision, f"trainer.precision={precision}"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        supported = native_bf16(device)
-        return ("bf16", f"{name} computes in bf16") if supported else ("fp32", f"{name} has no bf16")
+        return ("bf16", f"{name} computes in bf16") if native_bf16(device) else ("fp32", f"{name} has no bf16")
     units = [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in cpu_flags()]
     if units:
         return "bf16", f"the CPU has {' and '.join(units)}"
-    return "fp32", "the CPU has neither AVX512-BF16 nor AMX, where bf16 would be emulated (tens of times slower)"
+    return "fp32", "the CPU has neither AVX512-BF16 nor AMX, where bf16 would be emulated, tens of times slower"
 
 
 def autocast(device: torch.device, precision: str):

@@ -55,11 +55,8 @@ class Trainer:
         seed_everything(self.tc.seed)
         set_threads(self.tc.threads)
         self.device = device or resolve_device(self.tc.device)
-        self.precision, why = resolve_precision(self.tc.precision, self.device)
+        self.precision, why = resolve_precision(self.tc.precision, self.device)  # an unknown one stops here
         self.autocast = lambda: autocast(self.device, self.precision)
-        self.autocast()  # an unknown precision stops here, before the data is read
-        if self.main:
-            log.info("precision %s: %s", self.precision, why)
 
         own = self.run_dir / "tokenizer.model"  # a resumed run keeps its own tokenizer, whatever the cache holds
         own = own if cfg.get("resume") and own.exists() else None
@@ -76,7 +73,8 @@ class Trainer:
             self.load_state(Path(cfg.resume) / "last.pt")
         state = self.state
         self.writer, self.time_writer = event_writers(self.run_dir, state.step, state.train_seconds, self.main)
-        log.info("model %s: %s parameters on %s", cfg.model.name, f"{self.num_parameters:,}", self.device)
+        params, precision = f"{self.num_parameters:,}", f"{self.precision} ({why})"
+        log.info("model %s: %s parameters on %s, precision %s", cfg.model.name, params, self.device, precision)
 
     # ---- state -------------------------------------------------------------------------------
     def load_state(self, path: Path) -> None:
@@ -94,9 +92,8 @@ class Trainer:
             return
         self.state.rng = rng[0] if len(rng) == 1 else {"ranks": rng}
         config = OmegaConf.to_container(self.cfg, resolve=True)
-        save_checkpoint(
-            self.update.checkpoint(self.state, config, len(self.data.tokenizer)), self.run_dir / f"{name}.pt"
-        )
+        checkpoint = self.update.checkpoint(self.state, config, len(self.data.tokenizer))
+        save_checkpoint(checkpoint, self.run_dir / f"{name}.pt")
 
     def close(self) -> None:
         self.writer.close()
@@ -179,9 +176,8 @@ class Trainer:
     def validate_and_save(self, rng: list[dict]) -> dict:
         """Validation loss / perplexity over all pairs, greedy BLEU over the first N; keeps best.pt by BLEU."""
         started, state, tc, tokenizer = time.perf_counter(), self.state, self.tc, self.data.tokenizer
-        result = validate(
-            self.model, tokenizer, self.data.valid, tc.loss_chunk, tc.valid_bleu_sentences, None, self.autocast
-        )
+        valid = self.data.valid
+        result = validate(self.model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, None, self.autocast)
         if not math.isfinite(result.loss):
             raise NonFiniteLossError(
                 f"non-finite validation loss at step {state.step}; lower trainer.lr (last.pt kept)"
@@ -191,7 +187,7 @@ class Trainer:
         state.train_seconds += seconds  # its clock was read before this validation (the last one is after every step)
         head = None if tc.attention_head < 0 else tc.attention_head
         images = attention_images(self.model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
-        writers, valid = (self.writer, self.time_writer), self.data.valid
+        writers = (self.writer, self.time_writer)
         show_validation(
             writers, state.step, state.train_seconds, seconds, improved, result, valid, tc.num_samples, images
         )
