@@ -184,7 +184,7 @@ def bench_train(setting: str, steps: int, warmup: int, profile_steps: int = 0) -
     }
 
 
-def bench_decode(run: Path, beam: int, repeats: int, hypotheses: Path | None = None, engine: str = "torch") -> dict:
+def bench_decode(run: Path, beam: int, repeats: int, engine: str = "torch") -> dict:
     """Decoding speed and BLEU on the run's test split; engine `torch` (ours), `ct2` or `ct2-<quantization>`
     (its CTranslate2 export, made here when missing)."""
     import sacrebleu
@@ -214,8 +214,6 @@ def bench_decode(run: Path, beam: int, repeats: int, hypotheses: Path | None = N
         outputs = decode()
         times.append(time.perf_counter() - started)
     tokens = sum(len(t) + 1 for t in tokenizer.encode(outputs))  # target subwords + EOS
-    if hypotheses:
-        hypotheses.write_text("".join(line + "\n" for line in outputs))
     seconds = statistics.median(times)
     return {
         "sentences_per_s": round(len(test.src) / seconds, 1),
@@ -238,7 +236,7 @@ def measure_one(what: str, target: str, args) -> dict:
     elif what == "train":
         result = bench_train(target, args.train_steps, args.warmup, args.profile)
     else:
-        result = bench_decode(Path(target), int(what), args.repeats, args.hypotheses, args.engine)
+        result = bench_decode(Path(target), int(what), args.repeats, args.engine)
     return {**result, "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
@@ -298,7 +296,6 @@ def main() -> None:
         "--engines", nargs="+", default=["torch"], help="decoding engines: torch, ct2, ct2-int8 (CTranslate2 exports)"
     )
     parser.add_argument("--engine", default="torch", help=argparse.SUPPRESS)  # with --one
-    parser.add_argument("--hypotheses", type=Path, help=argparse.SUPPRESS)  # with --one BEAM RUN: write them here
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
