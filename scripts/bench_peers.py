@@ -36,6 +36,8 @@ import torch
 import yaml
 from benchmark import compose_settings, cpu_name
 
+from translate.allocator import INSTALL_HINT, find_tcmalloc
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "cache" / "peers"
 JOEYNMT = "joeynmt==2.3.0"
@@ -59,11 +61,11 @@ def host() -> dict:
     }
 
 
-def run_measured(command: list[str], log: Path, cwd: Path = ROOT) -> tuple[float, float]:
+def run_measured(command: list[str], log: Path, cwd: Path = ROOT, env: dict | None = None) -> tuple[float, float]:
     """Run `command` (output to `log`); its wall seconds and its own peak RSS in MiB, from the kernel."""
     started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
@@ -73,6 +75,16 @@ def run_measured(command: list[str], log: Path, cwd: Path = ROOT) -> tuple[float
 
 
 # ---- JoeyNMT's side ------------------------------------------------------------------------------------------
+def joeynmt_environment(malloc: str) -> dict:
+    """JoeyNMT's process environment: on glibc's malloc, as installed (`system`), or with tcmalloc preloaded."""
+    preload = [p for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split() if "tcmalloc" not in p]
+    if malloc == "tcmalloc":
+        if (library := find_tcmalloc()) is None:
+            raise SystemExit(f"--peer-malloc tcmalloc: no tcmalloc found; {INSTALL_HINT}")
+        preload.insert(0, library)
+    return dict(os.environ, LD_PRELOAD=" ".join(preload))
+
+
 def joeynmt_python(venv: Path) -> Path:
     """JoeyNMT's own virtual environment, built once (a marker names what it holds)."""
     pins = [f"torch=={torch.__version__.split('+')[0]}", *JOEYNMT_PINS]
@@ -161,8 +173,11 @@ def joeynmt_side(name: str, python: Path, data: dict, cfg, args) -> dict:
     model_dir, row = args.work / f"joeynmt_{name}", {"tool": "JoeyNMT 2.3", "model": name}
     config = args.work / f"joeynmt_{name}_train.yaml"
     config.write_text(yaml.safe_dump(joeynmt_config(name, data, cfg, args.updates, 1, model_dir), sort_keys=False))
+    row["allocator"], env = args.peer_malloc, joeynmt_environment(args.peer_malloc)
     _, row["train_peak_mib"] = run_measured(
-        [str(python), "-m", "joeynmt", "train", str(config), "--skip-test"], args.work / f"joeynmt_{name}_train.log"
+        [str(python), "-m", "joeynmt", "train", str(config), "--skip-test"],
+        args.work / f"joeynmt_{name}_train.log",
+        env=env,
     )
     rates = [float(r) for r in re.findall(r"Tokens per Sec:\s+([\d.]+)", (model_dir / "train.log").read_text())]
     row["train_tokens_per_s"] = round(statistics.median(rates[1:]), 1)
@@ -173,7 +188,7 @@ def joeynmt_side(name: str, python: Path, data: dict, cfg, args) -> dict:
         seconds, peaks, hyps = [], [], args.work / f"joeynmt_{name}_beam{beam}"
         for _ in range(args.repeats):
             log = args.work / f"joeynmt_{name}_beam{beam}.log"
-            _, peak = run_measured([str(python), "-m", "joeynmt", "test", str(config), "-o", str(hyps)], log)
+            _, peak = run_measured([str(python), "-m", "joeynmt", "test", str(config), "-o", str(hyps)], log, env=env)
             # "Generation took N[sec]." once for the dev split, then once for the test split
             seconds.append(float(re.findall(r"Generation took ([\d.]+)\[sec\]", log.read_text())[-1]))
             peaks.append(peak)
@@ -218,13 +233,14 @@ def our_training(name: str, setting: str, args, tag: str) -> tuple[dict, Path]:
     _, peak = run_measured(command, args.work / f"ours_{name}_{tag}_train.log")
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     rates = [e.value for e in events.Reload().Scalars("train/tokens_per_s")]
-    precision = re.search(r"precision (\w+) \((.*)\)$", (run / "train.log").read_text(), re.MULTILINE)
+    found = re.search(r"precision (\w+) \((.*?)\), allocator (.*)$", (run / "train.log").read_text(), re.MULTILINE)
     row = {
         "tool": "translate",
         "model": name,
         "setting": setting,
-        "precision": precision[1],
-        "why": precision[2],
+        "precision": found[1],
+        "why": found[2],
+        "allocator": found[3],
         "train_tokens_per_s": round(statistics.median(rates[1:]), 1),
         "train_peak_mib": round(peak, 1),
     }
@@ -306,7 +322,10 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "Against the targets of issue #19:", "", *verdicts(report), ""]
     why = next(r["why"] for r in report["rows"] if r.get("why"))
-    lines += [f"`trainer.precision=auto` chose {report['rows'][1]['precision']} here: {why}.", ""]
+    lines += [f"`trainer.precision=auto` chose {report['rows'][1]['precision']} here: {why}."]
+    ours, peer = report["rows"][1], report["rows"][0]
+    peer_malloc = "tcmalloc (`--peer-malloc tcmalloc`)" if peer.get("allocator") == "tcmalloc" else "glibc malloc"
+    lines += [f"Allocator: this project {ours.get('allocator', 'glibc malloc')}; JoeyNMT {peer_malloc}.", ""]
     return "\n".join(lines)
 
 
@@ -321,6 +340,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=CACHE, help="runs, logs and corpus copies go here")
     parser.add_argument("--venv", type=Path, default=CACHE / "joeynmt-2.3", help="JoeyNMT's virtual environment")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "peers")
+    parser.add_argument(
+        "--peer-malloc", choices=["system", "tcmalloc"], default="system", help="JoeyNMT's allocator (default: glibc's)"
+    )
     args = parser.parse_args()
     args.overrides = [f"data.test_limit={args.sentences}"] if args.sentences else []
     args.dev = min(DEV_SENTENCES, args.sentences or DEV_SENTENCES)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from translate.allocator import describe_allocator, preload_tcmalloc
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
     "model=rnn trainer.precision=fp32",
@@ -244,7 +246,7 @@ def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], arg
     lines = [
         f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; matmul peak "
         f"{machine['peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
-        f"{machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16. "
+        f"{machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16; allocator {machine.get('allocator', 'glibc')}. "
         f"Medians; training: {args.train_steps} steps after {args.warmup} warm-up, batch building included.",
         "",
         "| training setting | parameters | target tok/s | peak MiB | GFLOP / token | MFU | target padding "
@@ -305,6 +307,7 @@ def main() -> None:
     common += ["--profile", str(args.profile)]
     peak = run_isolated(["peak", "-", *common])
     machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine["allocator"] = describe_allocator()
     machine["peak_gflops"] = {k: peak[k] for k in ("float32", "bfloat16")}
     train_rows, decode_rows = [], []
     for setting in DEFAULT_TRAIN if args.train is None else args.train:
@@ -330,4 +333,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    preload_tcmalloc()  # as the project's commands do (translate/allocator.py); TRANSLATE_MALLOC=system: glibc's
     main()

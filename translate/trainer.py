@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from translate.allocator import describe_allocator
 from translate.checkpoint import (
     TrainState,
     keep_checkpoints,
@@ -73,7 +74,7 @@ class Trainer:
             self.load_state(Path(cfg.resume) / "last.pt")
         state = self.state
         self.writer, self.time_writer = event_writers(self.run_dir, state.step, state.train_seconds, self.main)
-        params, precision = f"{self.num_parameters:,}", f"{self.precision} ({why})"
+        params, precision = f"{self.num_parameters:,}", f"{self.precision} ({why}), allocator {describe_allocator()}"
         log.info("model %s: %s parameters on %s, precision %s", cfg.model.name, params, self.device, precision)
 
     # ---- state -------------------------------------------------------------------------------
