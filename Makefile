@@ -12,16 +12,18 @@ EXPERIMENT ?= bottleneck
 HOST := $(if $(filter command line,$(origin HOST)),$(HOST),localhost)
 PORT ?= 6006
 OUT ?= runs/report
-# each lever off, after the three rows with every lever on, all in one run (ratios only within one run)
+# each lever off, after the three rows with every lever on, all in one run (ratios only within one run);
+# TRANSLATE_MALLOC=system: glibc's malloc instead of tcmalloc, trimmed after each step unless release_memory=false
 LEVER_SETTINGS = "model=transformer_ref trainer.precision=fp32" "model=transformer_ref trainer.precision=bf16" "model=rnn_attention_ref trainer.precision=fp32" \
 	"model=transformer_ref trainer.precision=fp32 trainer.adam_impl=for_loop" "model=transformer_ref trainer.precision=fp32 trainer.adam_impl=foreach" \
 	"model=transformer_ref trainer.precision=fp32 trainer.threads=1" "model=transformer_ref trainer.precision=fp32 batching=random" \
 	"model=transformer_ref trainer.precision=fp32 model.attention_dropout=0.1" \
-	"model=transformer_ref trainer.precision=fp32 trainer.loss_chunk=0" "model=transformer_ref trainer.precision=fp32 trainer.release_memory=false" \
-	"model=transformer_ref trainer.precision=bf16 trainer.loss_chunk=0" \
-	"model=transformer_ref trainer.precision=bf16 trainer.release_memory=false" \
+	"model=transformer_ref trainer.precision=fp32 trainer.loss_chunk=0" "model=transformer_ref trainer.precision=bf16 trainer.loss_chunk=0" \
 	"model=rnn_attention_ref trainer.precision=fp32 batching=random" "model=rnn_attention_ref trainer.precision=fp32 trainer.adam_impl=for_loop" \
-	"model=rnn_attention_ref trainer.precision=fp32 trainer.loss_chunk=0"
+	"model=rnn_attention_ref trainer.precision=fp32 trainer.loss_chunk=0" \
+	"TRANSLATE_MALLOC=system model=transformer_ref trainer.precision=fp32" "TRANSLATE_MALLOC=system model=transformer_ref trainer.precision=bf16" \
+	"TRANSLATE_MALLOC=system model=transformer_ref trainer.precision=bf16 trainer.release_memory=false" \
+	"TRANSLATE_MALLOC=system model=rnn_attention_ref trainer.precision=fp32"
 
 .PHONY: help install prepare train eval translate export average compare report bench bench-peers levers tensorboard test lint clean
 .DEFAULT_GOAL := help
@@ -35,6 +37,7 @@ $(ENV): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@$(PY) -c "from translate.allocator import find_tcmalloc as f, INSTALL_HINT as h; print('tcmalloc:', f() or h)"
 	touch $@
 
 install:  ## (re)build the environment; TORCH=torch for your platform's default (CUDA) build

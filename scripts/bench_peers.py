@@ -36,7 +36,7 @@ import torch
 import yaml
 from benchmark import compose_settings, cpu_name
 
-from translate.allocator import INSTALL_HINT, find_tcmalloc
+from translate.allocator import INSTALL_HINT, find_tcmalloc, without_tcmalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "cache" / "peers"
@@ -77,12 +77,12 @@ def run_measured(command: list[str], log: Path, cwd: Path = ROOT, env: dict | No
 # ---- JoeyNMT's side ------------------------------------------------------------------------------------------
 def joeynmt_environment(malloc: str) -> dict:
     """JoeyNMT's process environment: on glibc's malloc, as installed (`system`), or with tcmalloc preloaded."""
-    preload = [p for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split() if "tcmalloc" not in p]
+    preload = without_tcmalloc(os.environ.get("LD_PRELOAD", ""))
     if malloc == "tcmalloc":
         if (library := find_tcmalloc()) is None:
             raise SystemExit(f"--peer-malloc tcmalloc: no tcmalloc found; {INSTALL_HINT}")
-        preload.insert(0, library)
-    return dict(os.environ, LD_PRELOAD=" ".join(preload))
+        preload = f"{library} {preload}".strip()
+    return dict(os.environ, LD_PRELOAD=preload)
 
 
 def joeynmt_python(venv: Path) -> Path:

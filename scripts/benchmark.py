@@ -17,7 +17,9 @@ measurement runs in its own process, so peak memory is its own.  Writes <out>.js
 
 import argparse
 import json
+import os
 import platform
+import re
 import resource
 import shlex
 import statistics
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from translate.allocator import describe_allocator, preload_tcmalloc
+from translate.allocator import describe_allocator, preload_tcmalloc, without_tcmalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
@@ -225,8 +227,25 @@ def bench_decode(run: Path, beam: int, repeats: int, engine: str = "torch") -> d
     }
 
 
-def run_isolated(args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True)
+def split_setting(setting: str) -> tuple[dict, str]:
+    """`TRANSLATE_MALLOC=system model=rnn` -> ({"TRANSLATE_MALLOC": "system"}, "model=rnn"): leading upper-case
+    assignments are the measuring process's environment, the rest Hydra overrides."""
+    words = shlex.split(setting)
+    env = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, shlex.join(words)
+
+
+def run_isolated(args: list[str], env: dict | None = None) -> dict:
+    """`--one <args>` in a process of its own, with `env` added to this one's environment; TRANSLATE_MALLOC=system
+    also takes tcmalloc out of LD_PRELOAD (this process preloaded it for its children)."""
+    environment = {**os.environ, **(env or {})}
+    if environment.get("TRANSLATE_MALLOC") == "system":
+        environment["LD_PRELOAD"] = without_tcmalloc(environment.get("LD_PRELOAD", ""))
+    command = [sys.executable, __file__, "--one", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -239,7 +258,7 @@ def measure_one(what: str, target: str, args) -> dict:
         result = bench_train(target, args.train_steps, args.warmup, args.profile)
     else:
         result = bench_decode(Path(target), int(what), args.repeats, args.engine)
-    return {**result, "peak_rss_mib": round(peak_rss_mib(), 1)}
+    return {**result, "peak_rss_mib": round(peak_rss_mib(), 1), "allocator": describe_allocator()}
 
 
 def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], args) -> str:
@@ -311,7 +330,8 @@ def main() -> None:
     machine["peak_gflops"] = {k: peak[k] for k in ("float32", "bfloat16")}
     train_rows, decode_rows = [], []
     for setting in DEFAULT_TRAIN if args.train is None else args.train:
-        row = {"setting": setting, **run_isolated(["train", setting, *common])}
+        env, overrides = split_setting(setting)
+        row = {"setting": setting, **run_isolated(["train", overrides, *common], env)}
         peak_flops = machine["peak_gflops"]["bfloat16" if row["precision"] == "bf16" else "float32"] * 1e9
         row["mfu"] = round(row["model_tflops"] * 1e12 / peak_flops, 4)
         train_rows.append(row)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from conftest import SMALL_DATA, SMALL_MODELS
 
+from translate.allocator import find_tcmalloc
 from translate.runtime import native_bf16
 from translate.train import train
 
@@ -26,7 +27,7 @@ def test_benchmark_script(multi30k_dir, small_cfg, tmp_path):
     args = [
         "--train",
         setting,
-        f"{setting} trainer.precision={precision} batching=random",
+        f"TRANSLATE_MALLOC=system {setting} trainer.precision={precision} batching=random",  # env, then overrides
         "--train-steps",
         "2",
         "--warmup",
@@ -41,6 +42,9 @@ def test_benchmark_script(multi30k_dir, small_cfg, tmp_path):
     assert report["machine"]["peak_gflops"]["float32"] > 0 and report["machine"]["peak_gflops"]["bfloat16"] > 0
     fp32, bf16 = report["train"]
     assert fp32["precision"] == "fp32" and bf16["precision"] == precision
+    # each measuring process reads its own allocator: tcmalloc where installed, glibc's when the setting says so
+    assert fp32["allocator"].startswith("tcmalloc" if find_tcmalloc() else "glibc malloc")
+    assert bf16["allocator"] == "glibc malloc (TRANSLATE_MALLOC=system)"
     for row in (fp32, bf16):
         assert row["train_tokens_per_s"] > 0 and row["peak_rss_mib"] > 50 and 0 < row["mfu"] < 1
         assert 0 <= row["target_padding"] < 1

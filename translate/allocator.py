@@ -50,6 +50,11 @@ def preload_tcmalloc() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
+def without_tcmalloc(preload: str) -> str:
+    """An LD_PRELOAD value (space- or colon-separated) with tcmalloc taken out."""
+    return " ".join(library for library in preload.replace(":", " ").split() if "tcmalloc" not in library)
+
+
 def started_as_command(argv: list[str]) -> bool:
     """Whether the interpreter's command line `argv` (sys.orig_argv) runs one of the project's commands."""
     return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in COMMANDS
