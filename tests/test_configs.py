@@ -41,6 +41,10 @@ def test_reference_transformer_is_the_joeynmt_baseline():
             ["+experiment=attention_scorers", "model.attention=dot", "trainer.seed=2"],
             "scorers_multi30k_de-en_400steps_trainer.seed=2",
         ),
+        (
+            ["+experiment=bottleneck_synthetic_early", "trainer.patience=6"],
+            "synthetic_reverse_early_stopping_trainer.patience=6",
+        ),
     ],
 )
 def test_comparison_directory_names_every_changed_setting(overrides, sweep_dir):
