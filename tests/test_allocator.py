@@ -17,6 +17,8 @@ def test_only_the_projects_commands_restart():
     assert not started_as_command(["python", "scripts/benchmark.py", "-m", "translate.train"])
     assert not started_as_command(["python", "-c", "import translate"])
     assert not started_as_command(["python", "-m"])
+    assert started_as_command(["python", "-W", "ignore", "-X", "dev", "-m", "translate.translate"])
+    assert not started_as_command(["python", "-c", "0", "-m", "translate.train"])
 
 
 def train_log(tmp_path, name: str, **env) -> str:

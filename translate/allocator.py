@@ -56,8 +56,17 @@ def without_tcmalloc(preload: str) -> str:
 
 
 def started_as_command(argv: list[str]) -> bool:
-    """Whether the interpreter's command line `argv` (sys.orig_argv) runs one of the project's commands."""
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in COMMANDS
+    """Whether the interpreter's command line `argv` (sys.orig_argv) runs one of the project's commands: `-m
+    translate.<command>` before any script or `-c` (interpreter options such as -u, -W x may come first)."""
+    words = iter(argv[1:])
+    for word in words:
+        if word == "-m":
+            return next(words, None) in COMMANDS
+        if word in ("-W", "-X"):
+            next(words, None)
+        elif not word.startswith("-") or word.startswith("-c"):
+            return False
+    return False
 
 
 def describe_allocator() -> str:
