@@ -2,7 +2,7 @@
 
 PyTorch on a CPU frees and allocates activations of new shapes every step; glibc's malloc either keeps the freed
 pages (fragmented, peak memory grows) or, trimmed, hands them back and faults them in again the next step.
-tcmalloc keeps per-size free lists: on the reference Transformer 1.56x the bf16 training speed of trimmed glibc
+tcmalloc keeps per-size free lists: on the reference Transformer 1.4-1.6x the bf16 training speed of trimmed glibc
 with less peak memory (docs/performance.md).  A process started as `python -m translate.<command>` restarts
 itself once with tcmalloc in LD_PRELOAD (the allocator must be there before the first allocation); scripts call
 `preload_tcmalloc()` themselves.  TRANSLATE_MALLOC=system keeps glibc's.  No torch import here: this runs first.
