@@ -2,8 +2,8 @@
 
     python scripts/bench_peers.py [--updates 300] [--repeats 1] [--no-fp32] [--out docs/peers]
 
-About an hour on 2 cores with the defaults (JoeyNMT trains at ~850 target tokens/s here); docs/peers.md was made
-with --updates 200 --no-fp32 (35 minutes).
+About an hour on 2 cores with the defaults (JoeyNMT trains at ~850-1,050 target tokens/s here); docs/peers.md was
+made with --updates 300 --repeats 3 (53 minutes).
 
 JoeyNMT goes into a virtual environment of its own under data/cache/peers/ (pinned so that it installs with
 today's libraries: importlib_metadata, a SentencePiece that still has SetVocabulary, this project's torch).  Both
@@ -36,7 +36,7 @@ import torch
 import yaml
 from benchmark import compose_settings, cpu_name
 
-from translate.allocator import INSTALL_HINT, find_tcmalloc, without_tcmalloc
+from translate.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "cache" / "peers"
@@ -77,12 +77,10 @@ def run_measured(command: list[str], log: Path, cwd: Path = ROOT, env: dict | No
 # ---- JoeyNMT's side ------------------------------------------------------------------------------------------
 def joeynmt_environment(malloc: str) -> dict:
     """JoeyNMT's process environment: on glibc's malloc, as installed (`system`), or with tcmalloc preloaded."""
-    preload = without_tcmalloc(os.environ.get("LD_PRELOAD", ""))
-    if malloc == "tcmalloc":
-        if (library := find_tcmalloc()) is None:
-            raise SystemExit(f"--peer-malloc tcmalloc: no tcmalloc found; {INSTALL_HINT}")
-        preload = f"{library} {preload}".strip()
-    return dict(os.environ, LD_PRELOAD=preload)
+    library = find_tcmalloc() if malloc == "tcmalloc" else None
+    if malloc == "tcmalloc" and library is None:
+        raise SystemExit(f"--peer-malloc tcmalloc: no tcmalloc found; {INSTALL_HINT}")
+    return malloc_environment(os.environ, library)
 
 
 def joeynmt_python(venv: Path) -> Path:

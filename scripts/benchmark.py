@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from translate.allocator import describe_allocator, preload_tcmalloc, without_tcmalloc
+from translate.allocator import describe_allocator, malloc_environment, preload_tcmalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
@@ -243,7 +243,7 @@ def run_isolated(args: list[str], env: dict | None = None) -> dict:
     also takes tcmalloc out of LD_PRELOAD (this process preloaded it for its children)."""
     environment = {**os.environ, **(env or {})}
     if environment.get("TRANSLATE_MALLOC") == "system":
-        environment["LD_PRELOAD"] = without_tcmalloc(environment.get("LD_PRELOAD", ""))
+        environment = malloc_environment(environment, None)
     command = [sys.executable, __file__, "--one", *args]
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode:

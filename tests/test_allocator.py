@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import tiny_synthetic
 
-from translate.allocator import INSTALL_HINT, find_tcmalloc, started_as_command
+from translate.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment, started_as_command
 
 
 def test_only_the_projects_commands_restart():
@@ -19,6 +19,13 @@ def test_only_the_projects_commands_restart():
     assert not started_as_command(["python", "-m"])
     assert started_as_command(["python", "-W", "ignore", "-X", "dev", "-m", "translate.translate"])
     assert not started_as_command(["python", "-c", "0", "-m", "translate.train"])
+
+
+def test_child_environments_put_tcmalloc_first_or_take_it_out():
+    base = {"LD_PRELOAD": "/x/libtcmalloc.so.4:/y/libfoo.so", "A": "1"}
+    assert malloc_environment(base, None) == {"LD_PRELOAD": "/y/libfoo.so", "A": "1"}
+    assert malloc_environment(base, "libtcmalloc_minimal.so.4")["LD_PRELOAD"] == "libtcmalloc_minimal.so.4 /y/libfoo.so"
+    assert base["LD_PRELOAD"] == "/x/libtcmalloc.so.4:/y/libfoo.so"  # a copy; this process's own is left alone
 
 
 def train_log(tmp_path, name: str, **env) -> str:

@@ -45,14 +45,16 @@ def preload_tcmalloc() -> None:
     library = find_tcmalloc()
     if library is None:
         return
-    env = dict(os.environ, LD_PRELOAD=f"{library} {preload}".strip())
+    env = malloc_environment(os.environ, library)
     env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))  # no stderr line per allocation > 1 GB
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def without_tcmalloc(preload: str) -> str:
-    """An LD_PRELOAD value (space- or colon-separated) with tcmalloc taken out."""
-    return " ".join(library for library in preload.replace(":", " ").split() if "tcmalloc" not in library)
+def malloc_environment(base, library: str | None) -> dict:
+    """A copy of the environment `base` whose LD_PRELOAD (space- or colon-separated) puts tcmalloc `library` first,
+    or, with `library` None, holds no tcmalloc: a child process on glibc's malloc."""
+    kept = [entry for entry in base.get("LD_PRELOAD", "").replace(":", " ").split() if "tcmalloc" not in entry]
+    return dict(base, LD_PRELOAD=" ".join([library, *kept] if library else kept))
 
 
 def started_as_command(argv: list[str]) -> bool:
