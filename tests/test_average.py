@@ -75,6 +75,29 @@ def test_evaluate_and_load_run_accept_the_average(run_dir):
     assert result["decoding"]["search"] == "beam2" and result["decoding"]["length_penalty"] == 0.6
 
 
+def test_a_run_with_a_moving_average_averages_and_decodes_the_moving_averages(run_dir, tmp_path):
+    """trainer.ema_decay > 0: each checkpoint's `ema` (an AveragedModel state_dict) is what is averaged and loaded."""
+    ema_run = tmp_path / "ema_run"
+    ema_run.mkdir()
+    (ema_run / "tokenizer.model").write_bytes((run_dir / "tokenizer.model").read_bytes())
+    for i, step in enumerate((100, 200)):
+        ckpt = torch.load(run_dir / f"step_{step}.pt", weights_only=True)
+        # weights unlike the model's, the same for tied names (embedding and generator share one tensor)
+        ema = {f"module.{n}": t * (2 + i) + 1 if t.is_floating_point() else t for n, t in ckpt["model"].items()}
+        ckpt["ema"] = {**ema, "n_averaged": torch.tensor(step)}
+        save_checkpoint(ckpt, ema_run / f"step_{step}.pt")
+    model, *_ = load_run(ema_run, "step_200")
+    newest = torch.load(ema_run / "step_200.pt", weights_only=True)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, newest["ema"][f"module.{name}"]), name
+    path, _ = average_run(ema_run, last=2)
+    averaged = torch.load(path, weights_only=True)
+    assert "ema" not in averaged  # the mean of the moving averages is the averaged checkpoint's weights
+    parts = [torch.load(ema_run / f"step_{s}.pt", weights_only=True)["ema"] for s in (100, 200)]
+    for name, tensor in averaged["model"].items():
+        torch.testing.assert_close(tensor, (parts[0][f"module.{name}"] + parts[1][f"module.{name}"]) / 2, msg=name)
+
+
 def test_average_command_line(run_dir, tmp_path):
     def cli(*args):
         command = [sys.executable, "-m", "translate.average", *args]

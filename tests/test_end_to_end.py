@@ -20,6 +20,7 @@ from translate.config import EvalConfig
 from translate.evaluate import evaluate, load_run
 from translate.train import train
 from translate.trainer import NonFiniteLossError, Trainer
+from translate.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
@@ -138,16 +139,50 @@ def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):
     assert trainer.state.step == 6
 
 
-def test_resume_continues_exactly(multi30k_dir, small_cfg, tmp_path):
-    straight = Trainer(small_cfg("transformer", *STEPS), tmp_path / "a")
+@pytest.mark.parametrize("ema", [[], ["trainer.ema_decay=0.9"]], ids=["plain", "ema"])
+def test_resume_continues_exactly(ema, multi30k_dir, small_cfg, tmp_path):
+    straight = Trainer(small_cfg("transformer", *STEPS, *ema), tmp_path / "a")
     straight.fit()
-    first = Trainer(small_cfg("transformer", *STEPS[1:], "trainer.max_steps=3"), tmp_path / "b")
+    first = Trainer(small_cfg("transformer", *STEPS[1:], *ema, "trainer.max_steps=3"), tmp_path / "b")
     first.fit()
-    resumed = Trainer(small_cfg("transformer", *STEPS, f"resume={tmp_path / 'b'}"), tmp_path / "b")
+    resumed = Trainer(small_cfg("transformer", *STEPS, *ema, f"resume={tmp_path / 'b'}"), tmp_path / "b")
     assert resumed.state.step == 3
     resumed.fit()
-    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(p, q), name
+    pairs = [(straight.model, resumed.model)]
+    pairs += [(straight.update.ema, resumed.update.ema)] if ema else []  # its weights and its count of updates
+    for a, b in pairs:
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), name
+
+
+def test_the_moving_average_is_what_validation_and_evaluation_decode_with(multi30k_dir, small_cfg, tmp_path):
+    """trainer.ema_decay=d: after each step e = d·e + (1 − d)·w (the first step copies w); validation scores e,
+    last.pt keeps it beside the training weights, and load_run (eval, translate, export) decodes with it."""
+    decay, run_dir = 0.8, tmp_path / "run"
+    trainer = Trainer(small_cfg("transformer", *STEPS, f"trainer.ema_decay={decay}"), run_dir)
+    expected, step = {}, trainer.update.step
+
+    def step_and_average(*args):
+        out = step(*args)
+        for name, w in trainer.model.state_dict().items():
+            expected[name] = w.clone() if name not in expected else decay * expected[name] + (1 - decay) * w
+        return out
+
+    trainer.update.step = step_and_average
+    last_valid = trainer.fit()
+    average = trainer.update.ema.module.state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(average[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(average[n], w) for n, w in trainer.model.state_dict().items())
+
+    result = validate(
+        trainer.update.ema.module, trainer.data.tokenizer, trainer.data.valid, 1024, 1, None, trainer.autocast
+    )
+    assert last_valid["loss"] == pytest.approx(result.loss, rel=1e-6)  # validation decoded with the average
+    model, *_ = load_run(run_dir, "last", "cpu")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, average[name]), name
+    assert load_checkpoint(run_dir / "last.pt")["ema"]["n_averaged"].item() == 6
 
 
 def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(multi30k_dir, tmp_path):

@@ -15,7 +15,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from translate.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, save_checkpoint
+from translate.checkpoint import (
+    CheckpointError,
+    inference_weights,
+    load_checkpoint,
+    numbered_checkpoints,
+    save_checkpoint,
+)
 from translate.config import register_configs
 from translate.errors import ConfigError, one_line_errors
 
@@ -31,7 +37,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
     total: dict[str, torch.Tensor] = {}
     for path in paths:
         ckpt = load_checkpoint(path)
-        weights = ckpt["model"]
+        weights = inference_weights(ckpt)
         if total and weights.keys() != total.keys():
             raise CheckpointError(
                 f"{path}: its parameters differ from those of {paths[0]}; average checkpoints of one run"
@@ -42,6 +48,7 @@ def average_checkpoints(paths: list[Path]) -> dict:
     ckpt["model"] = {
         name: (total[name] / len(paths)).to(t.dtype) if name in total else t for name, t in weights.items()
     }
+    ckpt.pop("ema", None)  # the mean (of the moving averages, where the run kept them) is the weights now
     ckpt["averaged_steps"] = [int(p.stem[len("step_") :]) for p in paths]
     return ckpt
 

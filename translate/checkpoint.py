@@ -10,6 +10,8 @@ A training checkpoint (`last.pt`, `best.pt`, `step_<N>.pt`) holds, in format 2:
     train_state   TrainState as a dict: counters, batch position, best score, patience, RNG states
     config        the resolved training config (a dict)
     vocab_size    the tokenizer's vocabulary size
+    ema           trainer.ema_decay > 0 only: the moving average's AveragedModel state_dict (module.<weight>
+                  and n_averaged); `inference_weights` gives its weights, which evaluation and export decode with
 
 Format 1 (before the TrainState) kept the train_state fields at the top level; it still loads.
 A file that is truncated, corrupt, not a checkpoint or of a newer format is refused with a `CheckpointError`
@@ -65,11 +67,19 @@ class TrainState:
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
+def inference_weights(ckpt: dict) -> dict:
+    """The weights to decode with: the moving average's where the run kept one (trainer.ema_decay), else the model's."""
+    if "ema" not in ckpt:
+        return ckpt["model"]
+    return {name[len("module.") :]: t for name, t in ckpt["ema"].items() if name.startswith("module.")}
+
+
 def training_checkpoint(
-    model, optimizer, scheduler, state: TrainState, config: dict, vocab_size: int, scaler=None
+    model, optimizer, scheduler, state: TrainState, config: dict, vocab_size: int, scaler=None, ema=None
 ) -> dict:
     """The checkpoint dict of a training run (layout above)."""
     return {
+        **({"ema": ema.state_dict()} if ema is not None else {}),
         "format": FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -82,10 +92,18 @@ def training_checkpoint(
 
 
 def restore_training(
-    ckpt: dict, model, optimizer, scheduler, path: str | Path = "checkpoint", scaler=None, vocab_size: int | None = None
+    ckpt: dict,
+    model,
+    optimizer,
+    scheduler,
+    path: str | Path = "checkpoint",
+    scaler=None,
+    vocab_size: int | None = None,
+    ema=None,
 ) -> TrainState:
-    """Load weights, optimizer and schedule from a training checkpoint into the objects given; return its TrainState.
-    With `vocab_size` (the run's tokenizer), a checkpoint of another vocabulary is refused by name."""
+    """Load weights, optimizer, schedule (and moving average) from a training checkpoint into the objects given;
+    return its TrainState. With `vocab_size` (the run's tokenizer), a checkpoint of another vocabulary is refused
+    by name; a moving average asked for where the checkpoint has none starts again from the weights."""
     if vocab_size is not None and ckpt.get("vocab_size", vocab_size) != vocab_size:
         raise CheckpointError(
             f"{path}: its vocabulary has {ckpt['vocab_size']} pieces, this run's tokenizer {vocab_size}; "
@@ -97,6 +115,8 @@ def restore_training(
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()
         raise CheckpointError(

@@ -122,6 +122,9 @@ class TrainerConfig:
     warmup_steps: int = 1000
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 = no clipping
+    # an exponential moving average of the weights (Polyak averaging), updated after every step; validation,
+    # best.pt's selection and every later use (eval, translate, export, average) take it; 0 = off
+    ema_decay: float = 0.0
     log_every: int = 20
     valid_every: int = 500  # steps; validation also runs at the end of training
     valid_bleu_sentences: int = 0  # greedy-decode the first N validation pairs for BLEU; 0 = all

@@ -67,6 +67,7 @@ RULES: dict[str, Rule] = {
     **{f"trainer.{k}": NON_NEGATIVE for k in ("num_samples", "attention_maps", "loss_chunk")},
     **dict.fromkeys(["trainer.label_smoothing", "trainer.concat_prob"], PROBABILITY),
     "trainer.betas": BETAS,
+    "trainer.ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1): 0 = off, e.g. 0.999"),
     "trainer.attention_head": (lambda v: v >= -1, "must be a head's index, or -1 for their mean"),
     "eval.device": DEVICE,
     "eval.split": one_of("test", "valid", "train"),

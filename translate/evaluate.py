@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from translate.checkpoint import CheckpointError, TrainState, find_checkpoint, load_checkpoint
+from translate.checkpoint import CheckpointError, TrainState, find_checkpoint, inference_weights, load_checkpoint
 from translate.config import register_configs, train_config
 from translate.config_rules import check_config
 from translate.data.corpus import CorpusError, Pairs, read_pair_files
@@ -50,7 +50,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
         )
     tokenizer = Tokenizer(run_dir / "tokenizer.model")
     model = build_model(cfg.model, ckpt["vocab_size"], PAD)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(inference_weights(ckpt))
     model.to(resolve_device(device)).eval()
     return model, tokenizer, cfg, ckpt
 

@@ -177,8 +177,8 @@ class Trainer:
     def validate_and_save(self, rng: list[dict]) -> dict:
         """Validation loss / perplexity over all pairs, greedy BLEU over the first N; keeps best.pt by BLEU."""
         started, state, tc, tokenizer = time.perf_counter(), self.state, self.tc, self.data.tokenizer
-        valid = self.data.valid
-        result = validate(self.model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, None, self.autocast)
+        valid, model = self.data.valid, self.update.inference_model  # the moving average, if the run keeps one
+        result = validate(model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, None, self.autocast)
         if not math.isfinite(result.loss):
             raise NonFiniteLossError(
                 f"non-finite validation loss at step {state.step}; lower trainer.lr (last.pt kept)"
@@ -187,7 +187,7 @@ class Trainer:
         state.valid_seconds += seconds
         state.train_seconds += seconds  # its clock was read before this validation (the last one is after every step)
         head = None if tc.attention_head < 0 else tc.attention_head
-        images = attention_images(self.model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
+        images = attention_images(model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
         writers = (self.writer, self.time_writer)
         show_validation(
             writers, state.step, state.train_seconds, seconds, improved, result, valid, tc.num_samples, images

@@ -1,9 +1,11 @@
 """One update: a step's micro-batches through the training loss — wrapped in DistributedDataParallel when there
-are several ranks — with fp16 loss scaling, gradient clipping, the optimizer and the learning-rate schedule."""
+are several ranks — with fp16 loss scaling, gradient clipping, the optimizer, the learning-rate schedule and,
+with trainer.ema_decay > 0, the weights' exponential moving average (torch.optim.swa_utils.AveragedModel)."""
 
 from contextlib import nullcontext
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from translate.checkpoint import restore_training, training_checkpoint
 from translate.data.tokenizer import PAD
@@ -25,14 +27,26 @@ class Updater:
         features = torch.compile(model.features, dynamic=True) if tc.compile else None
         # every rank loads the same checkpoint afterwards, in place, so wrapping first keeps them equal
         self.training_loss = dist.wrap(TrainingLoss(model, tc.label_smoothing, PAD, tc.loss_chunk, features), device)
+        # every rank averages the same weights, so every rank holds the same average
+        ema = tc.get("ema_decay", 0.0)
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
+
+    @property
+    def inference_model(self):
+        """The weights validation and every later use decode with: the moving average if there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def checkpoint(self, state, config: dict, vocab_size: int) -> dict:
         """A training checkpoint of the model, this updater's optimizer, schedule and scaler, and `state`."""
-        return training_checkpoint(self.model, self.optimizer, self.scheduler, state, config, vocab_size, self.scaler)
+        return training_checkpoint(
+            self.model, self.optimizer, self.scheduler, state, config, vocab_size, self.scaler, self.ema
+        )
 
     def restore(self, ckpt: dict, path, vocab_size: int):
         """Load a training checkpoint into the model, optimizer, schedule and scaler; its TrainState."""
-        return restore_training(ckpt, self.model, self.optimizer, self.scheduler, path, self.scaler, vocab_size)
+        return restore_training(
+            ckpt, self.model, self.optimizer, self.scheduler, path, self.scaler, vocab_size, self.ema
+        )
 
     def loss(self, batch):
         """Label-smoothed cross-entropy summed over target tokens: (loss, nll), both sums."""
@@ -63,6 +77,8 @@ class Updater:
             skipped = self.scaler.get_scale() < scale_before
         else:
             self.optimizer.step()
+        if self.ema is not None and not skipped:
+            self.ema.update_parameters(self.model)
         self.scheduler.step()
         self.trim_heap()
         return nll_sum, grad_norm, skipped
