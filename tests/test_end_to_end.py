@@ -156,21 +156,26 @@ def test_resume_continues_exactly(ema, multi30k_dir, small_cfg, tmp_path):
 
 
 def test_the_moving_average_is_what_validation_and_evaluation_decode_with(multi30k_dir, small_cfg, tmp_path):
-    """trainer.ema_decay=d: after each step e = d·e + (1 − d)·w (the first step copies w); validation scores e,
-    last.pt keeps it beside the training weights, and load_run (eval, translate, export) decodes with it."""
-    decay, run_dir = 0.8, tmp_path / "run"
+    """trainer.ema_decay=d: after update t, e = a·e + (1 − a)·w with a = min(d, (1 + t) / (10 + t)) (the first
+    copies w); validation scores e, last.pt keeps it beside the training weights, and load_run (eval, translate,
+    export) decodes with it."""
+    decay, run_dir = 0.3, tmp_path / "run"
     trainer = Trainer(small_cfg("transformer", *STEPS, f"trainer.ema_decay={decay}"), run_dir)
     expected, step = {}, trainer.update.step
 
     def step_and_average(*args):
         out = step(*args)
+        t = len(expected.get("updates", []))
+        a = min(decay, (1 + t) / (10 + t))  # 0.18, 0.25 for t = 1, 2; then the decay, 0.3
         for name, w in trainer.model.state_dict().items():
-            expected[name] = w.clone() if name not in expected else decay * expected[name] + (1 - decay) * w
+            expected[name] = w.clone() if t == 0 else a * expected[name] + (1 - a) * w
+        expected.setdefault("updates", []).append(t)
         return out
 
     trainer.update.step = step_and_average
     last_valid = trainer.fit()
-    average = trainer.update.ema.module.state_dict()
+    average, updates = trainer.update.ema.module.state_dict(), expected.pop("updates")
+    assert updates == [0, 1, 2, 3, 4, 5]
     for name, tensor in expected.items():
         torch.testing.assert_close(average[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(average[n], w) for n, w in trainer.model.state_dict().items())

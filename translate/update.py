@@ -5,7 +5,7 @@ with trainer.ema_decay > 0, the weights' exponential moving average (torch.optim
 from contextlib import nullcontext
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from translate.checkpoint import restore_training, training_checkpoint
 from translate.data.tokenizer import PAD
@@ -13,6 +13,19 @@ from translate.distributed import Distributed
 from translate.loss import TrainingLoss
 from translate.optim import build_optimizer, build_scheduler
 from translate.runtime import heap_trimmer
+
+
+def moving_average(decay: float):
+    """AveragedModel's update for an exponential moving average whose decay warms up, min(decay, (1 + t) / (10 + t))
+    after t updates (as TensorFlow's ExponentialMovingAverage with num_updates): a short run's average follows its
+    recent weights instead of keeping its random start. The first update copies the weights (AveragedModel)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        t = int(updates)
+        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + t) / (10 + t)))
+
+    return update
 
 
 class Updater:
@@ -29,7 +42,7 @@ class Updater:
         self.training_loss = dist.wrap(TrainingLoss(model, tc.label_smoothing, PAD, tc.loss_chunk, features), device)
         # every rank averages the same weights, so every rank holds the same average
         ema = tc.get("ema_decay", 0.0)
-        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
+        self.ema = AveragedModel(model, multi_avg_fn=moving_average(ema)) if ema else None
 
     @property
     def inference_model(self):
