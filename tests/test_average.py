@@ -135,3 +135,19 @@ def test_trainer_keeps_the_newest_numbered_checkpoints(tmp_path):
     keep_last = 0
     validate(40)
     assert [p.name for p in numbered_checkpoints(tmp_path)] == ["step_20.pt", "step_30.pt"]
+
+
+def test_simulate_ema_decays_between_kept_checkpoints(run_dir):
+    """scripts/simulate_ema.py: e = w_100, then e = a·e + (1 − a)·w_s with a the product of the per-update decays."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from simulate_ema import decay_between, simulate
+
+    assert decay_between(0.99, 100, 200, False) == pytest.approx(0.99**100)
+    assert decay_between(0.999, 0, 2, True) == pytest.approx((2 / 11) * (3 / 12))  # warming up: t = 1, 2
+    assert decay_between(0.5, 10, 12, True) == pytest.approx(0.25)  # past the warm-up: the decay itself
+    parts = {s: torch.load(run_dir / f"step_{s}.pt", weights_only=True)["model"] for s in (100, 200, 300)}
+    simulated = simulate(run_dir, 0.99, warmup=False)["model"]
+    a = 0.99**100
+    for name, tensor in simulated.items():
+        expected = a * (a * parts[100][name] + (1 - a) * parts[200][name]) + (1 - a) * parts[300][name]
+        torch.testing.assert_close(tensor, expected, msg=name)
