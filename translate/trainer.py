@@ -76,8 +76,6 @@ class Trainer:
         self.writer, self.time_writer = event_writers(self.run_dir, state.step, state.train_seconds, self.main)
         params, precision = f"{self.num_parameters:,}", f"{self.precision} ({why}), allocator {describe_allocator()}"
         log.info("model %s: %s parameters on %s, precision %s", cfg.model.name, params, self.device, precision)
-        if self.update.ema is not None:
-            log.info("validation and every later use: the weights' moving average (decay %s)", self.tc.ema_decay)
 
     # ---- state -------------------------------------------------------------------------------
     def load_state(self, path: Path) -> None:

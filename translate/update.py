@@ -2,6 +2,7 @@
 are several ranks — with fp16 loss scaling, gradient clipping, the optimizer, the learning-rate schedule and,
 with trainer.ema_decay > 0, the weights' exponential moving average (torch.optim.swa_utils.AveragedModel)."""
 
+import logging
 from contextlib import nullcontext
 
 import torch
@@ -13,6 +14,8 @@ from translate.distributed import Distributed
 from translate.loss import TrainingLoss
 from translate.optim import build_optimizer, build_scheduler
 from translate.runtime import heap_trimmer
+
+log = logging.getLogger(__name__)
 
 
 def moving_average(decay: float):
@@ -41,8 +44,10 @@ class Updater:
         # every rank loads the same checkpoint afterwards, in place, so wrapping first keeps them equal
         self.training_loss = dist.wrap(TrainingLoss(model, tc.label_smoothing, PAD, tc.loss_chunk, features), device)
         # every rank averages the same weights, so every rank holds the same average
-        ema = tc.get("ema_decay", 0.0)
+        ema = tc.ema_decay
         self.ema = AveragedModel(model, multi_avg_fn=moving_average(ema)) if ema else None
+        if self.ema is not None:
+            log.info("validation and every later use: the weights' moving average (decay %s)", ema)
 
     @property
     def inference_model(self):
