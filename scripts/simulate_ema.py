@@ -7,7 +7,7 @@ trainer.ema_decay=D would have kept — to choose D on the validation set withou
 Between two kept checkpoints (steps s < s') the average decays by the product of the per-update decays of
 updates s+1 … s' and takes the rest from the checkpoint at s' (the updates in between are not on disk: this
 is the coarse version of what training does every update). `--warmup` uses the trainer's decay
-min(D, (1 + t) / (10 + t)) (translate/update.py); without it, the plain constant D. The first checkpoint
+(translate/update.py warmed_up_decay); without it, the plain constant D. The first checkpoint
 starts the average. Writes RUN_DIR/NAME.pt (default emasim_D[_warmup]) with the averaged weights.
 """
 
@@ -16,13 +16,14 @@ import math
 from pathlib import Path
 
 from translate.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
+from translate.update import warmed_up_decay
 
 
 def decay_between(decay: float, start: int, end: int, warmup: bool) -> float:
     """The product of the per-update decays of updates start+1 … end."""
     if not warmup:
         return decay ** (end - start)
-    return math.prod(min(decay, (1 + t) / (10 + t)) for t in range(start + 1, end + 1))
+    return math.prod(warmed_up_decay(decay, t) for t in range(start + 1, end + 1))
 
 
 def simulate(run: Path, decay: float, warmup: bool) -> dict:

@@ -79,7 +79,6 @@ def training_checkpoint(
 ) -> dict:
     """The checkpoint dict of a training run (layout above)."""
     return {
-        **({"ema": ema.state_dict()} if ema is not None else {}),
         "format": FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -88,6 +87,7 @@ def training_checkpoint(
         "train_state": asdict(state),
         "config": config,
         "vocab_size": vocab_size,
+        **({"ema": ema.state_dict()} if ema is not None else {}),
     }
 
 

@@ -18,15 +18,20 @@ from translate.runtime import heap_trimmer
 log = logging.getLogger(__name__)
 
 
+def warmed_up_decay(decay: float, t: int) -> float:
+    """The moving average's decay after t updates, min(decay, (1 + t) / (10 + t)) (as TensorFlow's
+    ExponentialMovingAverage with num_updates): a short run's average follows its recent weights instead of
+    keeping its random start."""
+    return min(decay, (1 + t) / (10 + t))
+
+
 def moving_average(decay: float):
-    """AveragedModel's update for an exponential moving average whose decay warms up, min(decay, (1 + t) / (10 + t))
-    after t updates (as TensorFlow's ExponentialMovingAverage with num_updates): a short run's average follows its
-    recent weights instead of keeping its random start. The first update copies the weights (AveragedModel)."""
+    """AveragedModel's update for an exponential moving average with the warmed-up decay. The first update copies
+    the weights (AveragedModel)."""
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        t = int(updates)
-        torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + t) / (10 + t)))
+        torch._foreach_lerp_(averaged, current, 1 - warmed_up_decay(decay, int(updates)))
 
     return update
 
