@@ -1,6 +1,7 @@
 """`python -m translate.translate` end to end, on a Transformer trained for a few steps on a slice of Multi30k."""
 
 import gzip
+import json
 import os
 import pty
 import select
@@ -14,9 +15,9 @@ import torch
 from conftest import SMALL_DATA, SMALL_MODELS, compose_train
 from omegaconf import OmegaConf
 
-from translate.checkpoint import load_checkpoint, save_checkpoint
+from translate.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from translate.config import EvalConfig, ModelConfig
-from translate.evaluate import load_run, translate_texts
+from translate.evaluate import evaluate, load_run, translate_texts
 from translate.models import build_model
 from translate.train import train
 
@@ -142,3 +143,30 @@ def test_attention_of_the_plain_rnn_is_a_clear_error(run_dir, tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: attention={png}: model rnn has no attention to draw; use an rnn_attention or transformer run"
     )
+
+
+def test_decoding_tuned_on_the_validation_set(run_dir):
+    """scripts/tune_decoding.py: each grid point's BLEU is what `evaluate` gives on valid; the best is chosen."""
+    done = subprocess.run(
+        [sys.executable, "scripts/tune_decoding.py", str(run_dir), "--beams", "1,3", "--alphas", "0,1.5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run_dir / "eval" / "decoding_on_valid.json").read_text())
+    assert result["split"] == "valid" and result["sentences"] == 40
+    assert result["step"] == TrainState.from_checkpoint(load_checkpoint(run_dir / "best.pt")).step
+    assert [(r["beam_size"], r["length_penalty"]) for r in result["grid"]] == [(3, 0.0), (3, 1.5), (1, 0.0)]
+    assert result["best"]["bleu"] == max(r["bleu"] for r in result["grid"])
+    for row in result["grid"][1:]:
+        ec = OmegaConf.structured(EvalConfig(split="valid", beam_size=row["beam_size"], probe_k=0, name="check"))
+        ec.length_penalty = row["length_penalty"]
+        assert evaluate(run_dir, ec)["bleu"] == row["bleu"]
+    assert f"eval.beam_size={result['best']['beam_size']}" in done.stdout
+
+    done = subprocess.run(
+        [sys.executable, "scripts/tune_decoding.py", str(run_dir / "missing")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1

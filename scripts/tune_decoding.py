@@ -1,0 +1,81 @@
+"""Choose the beam size and length penalty of a trained run on its validation set (never on the test set).
+
+    python scripts/tune_decoding.py RUN_DIR [--beams 1,5,8] [--alphas 0,0.6,1,1.5] [--checkpoint best]
+    make eval RUN=RUN_DIR eval.beam_size=B eval.length_penalty=A     # the chosen pair, on the test set
+
+Decodes the run's validation split once per (beam size, GNMT alpha) pair — greedy search once, alpha
+being a beam-search setting — and scores each with sacreBLEU on the raw references. The best BLEU wins;
+a tie goes to the smaller beam, then the smaller alpha. Prints the grid and writes it, with the choice,
+to RUN_DIR/eval/decoding_on_valid.json.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from translate.checkpoint import TrainState
+from translate.config import EvalConfig
+from translate.data.prepare import load_split
+from translate.errors import one_line_errors
+from translate.evaluate import load_run, translate_texts
+from translate.metrics import corpus_scores
+
+
+def grid(beams: list[int], alphas: list[float]) -> list[tuple[int, float]]:
+    """Every (beam, alpha) pair; greedy search (beam 1) once, at alpha 0."""
+    pairs = [(beam, alpha) for beam in sorted(set(beams)) for alpha in sorted(set(alphas))]
+    return [(b, a) for b, a in pairs if b > 1] + ([(1, 0.0)] if 1 in beams else [])
+
+
+def tune(run: Path, beams: list[int], alphas: list[float], checkpoint: str = "best", progress: bool = True) -> dict:
+    model, tokenizer, cfg, ckpt = load_run(run, checkpoint)
+    pairs = load_split(cfg.data, "valid")
+    rows = []
+    for beam, alpha in grid(beams, alphas):
+        ec = OmegaConf.structured(EvalConfig(beam_size=beam, length_penalty=alpha))
+        hyps = translate_texts(model, tokenizer, pairs.src, ec, progress=progress)
+        scores = corpus_scores(hyps, pairs.tgt)
+        rows.append({"beam_size": beam, "length_penalty": alpha, "bleu": scores["bleu"], "chrf": scores["chrf"]})
+        print(f"beam {beam:2d}  alpha {alpha:4.2f}  BLEU {scores['bleu']:6.2f}  chrF {scores['chrf']:6.2f}", flush=True)
+    best = max(rows, key=lambda r: (r["bleu"], -r["beam_size"], -r["length_penalty"]))
+    return {
+        "run": str(run),
+        "checkpoint": checkpoint,
+        "step": TrainState.from_checkpoint(ckpt).step,
+        "split": "valid",
+        "sentences": len(pairs),
+        "bleu_signature": scores["bleu_signature"],
+        "grid": rows,
+        "best": best,
+    }
+
+
+def numbers(kind):
+    return lambda text: [kind(x) for x in text.split(",")]
+
+
+@one_line_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--beams", type=numbers(int), default=[1, 4, 5, 8], help="comma-separated beam sizes")
+    parser.add_argument("--alphas", type=numbers(float), default=[0.0, 0.6, 1.0, 1.5], help="GNMT length penalties")
+    parser.add_argument("--checkpoint", default="best", help="best | last | averaged | a .pt path")
+    args = parser.parse_args()
+    if min(args.beams) < 1 or min(args.alphas) < 0:
+        parser.error("beam sizes are >= 1 and length penalties >= 0")
+    result = tune(args.run, args.beams, args.alphas, args.checkpoint)
+    out = args.run / "eval" / "decoding_on_valid.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    b = result["best"]
+    print(f"best on valid: BLEU {b['bleu']} with beam {b['beam_size']}, alpha {b['length_penalty']} (wrote {out})")
+    print(
+        f"on test: make eval RUN={args.run} eval.beam_size={b['beam_size']} eval.length_penalty={b['length_penalty']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
