@@ -1,6 +1,7 @@
 """make compare on the synthetic task: a real Hydra multirun, evaluation, report, and a cut run picking up again."""
 
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,43 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     assert "resumed from" in (sweep / "rnn_seed1234" / "train.log").read_text()
     assert (sweep / "transformer_seed1234" / "eval" / "test.json").exists()
     assert json.loads((report / "report.json").read_text())[0]["steps"] == 4
+
+    # where the reversal goes wrong, on the real run: the script's exact share is the hypotheses' own
+    run = sweep / "transformer_seed1234"
+    done = subprocess.run([sys.executable, "scripts/reversal_errors.py", str(run)], cwd=ROOT, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    errors = json.loads((run / "eval" / "reversal_errors.json").read_text())
+    test = Pairs.read(SyntheticSplit(SyntheticConfig(test_size=40, max_len=24), "test"))
+    hyps = (run / "eval" / "test.hyp").read_text().splitlines()
+    exact = [h == r for h, r in zip(hyps, test.tgt)]
+    rows = [row for row in errors["test"] if row["sentences"]]
+    assert sum(row["sentences"] for row in rows) == 40
+    assert sum(row["exact_percent"] * row["sentences"] for row in rows) / 100 == pytest.approx(sum(exact), abs=0.1)
+    assert all(not any(a == b for a, b in zip(w, w[1:])) for w in (s.split() for s in errors["probe_sources"]))
+
+
+def test_reversal_errors_count_repeat_sites_and_misaligned_positions():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from reversal_errors import error_table, repeat_sites, without_repeats, wrong_positions
+
+    assert repeat_sites("a b b c a a a".split()) == {1, 2, 4, 5, 6} and repeat_sites(["a"]) == set()
+    assert wrong_positions("a b b c".split(), "a b c".split()) == {2}  # one of a pair dropped
+    assert len(wrong_positions("a b b c".split(), "a b c b".split())) == 1  # a pair broken by a swap
+    assert wrong_positions("a b".split(), "a b".split()) == set()
+    broken = without_repeats("a a a b b", random.Random(0), ["a", "b", "c"]).split()
+    assert len(broken) == 5 and all(x != y for x, y in zip(broken, broken[1:]))
+    rows = error_table(["x x x x", "x x"], ["a b b c", "d e"], ["a b c", "d e"], [1, 3, 10])
+    assert rows[0] == {
+        "bucket": "1-2",
+        "sentences": 1,
+        "exact_percent": 100.0,
+        "repeat_sites": 0,
+        "repeat_site_error_percent": 0.0,
+        "other_positions": 2,
+        "other_error_percent": 0.0,
+    }
+    assert rows[1]["exact_percent"] == 0.0 and rows[1]["repeat_sites"] == 2
+    assert rows[1]["repeat_site_error_percent"] == 50.0 and rows[1]["other_error_percent"] == 0.0
 
 
 def test_seeds_are_a_sweep_axis_and_the_report_spreads_over_them(tmp_path):

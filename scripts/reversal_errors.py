@@ -1,0 +1,127 @@
+"""Where a model trained on the reversal task (data=synthetic) goes wrong, bucket by source length.
+
+    python scripts/reversal_errors.py RUN_DIR [RUN_DIR ...]    # after `make eval` (reads RUN_DIR/eval/test.hyp)
+
+For each run and length bucket: the share of test sequences reversed exactly, and the share of reference
+positions the hypothesis gets wrong at *repeat sites* (a symbol next to an equal one, as in `s3 s3`) and at
+every other position. A position is right when difflib's alignment of hypothesis to reference matches it.
+Then the same test set with every repeat broken (each symbol equal to its left neighbour redrawn until it
+differs; lengths unchanged) is decoded greedily and scored: if a model's long-input deficit is the
+repeats, it is gone on this probe. Writes RUN_DIR/eval/reversal_errors.json.
+"""
+
+import argparse
+import difflib
+import json
+import random
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from translate.config import EvalConfig
+from translate.data.prepare import load_split
+from translate.errors import UserError, one_line_errors
+from translate.evaluate import load_run, translate_texts
+from translate.metrics import bleu_by_length, corpus_scores
+
+BUCKETS = [1, 10, 20, 30, 40, 50, 61]
+
+
+def repeat_sites(words: list[str]) -> set[int]:
+    """Positions whose symbol equals a neighbour's."""
+    return {i for i in range(len(words)) if (i and words[i - 1] == words[i]) or words[i + 1 : i + 2] == [words[i]]}
+
+
+def wrong_positions(ref: list[str], hyp: list[str]) -> set[int]:
+    """Reference positions not matched by the alignment of hyp to ref."""
+    matched = set()
+    for block in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_matching_blocks():
+        matched.update(range(block.a, block.a + block.size))
+    return set(range(len(ref))) - matched
+
+
+def without_repeats(source: str, rng: random.Random, symbols: list[str]) -> str:
+    words = source.split()
+    for i in range(1, len(words)):
+        while words[i] == words[i - 1]:
+            words[i] = rng.choice(symbols)
+    return " ".join(words)
+
+
+def error_table(sources: list[str], refs: list[str], hyps: list[str], buckets: list[int]) -> list[dict]:
+    rows = []
+    for lo, hi in zip(buckets, buckets[1:]):
+        n = exact = sites = site_errors = others = other_errors = 0
+        for src, ref, hyp in zip(sources, refs, hyps):
+            if not lo <= len(src.split()) < hi:
+                continue
+            r, h = ref.split(), hyp.split()
+            n, exact = n + 1, exact + (r == h)
+            repeats, wrong = repeat_sites(r), wrong_positions(r, h)
+            sites, site_errors = sites + len(repeats), site_errors + len(repeats & wrong)
+            others, other_errors = others + len(r) - len(repeats), other_errors + len(wrong - repeats)
+        rows.append(
+            {
+                "bucket": f"{lo}-{hi - 1}",
+                "sentences": n,
+                "exact_percent": round(100 * exact / max(n, 1), 1),
+                "repeat_sites": sites,
+                "repeat_site_error_percent": round(100 * site_errors / max(sites, 1), 2),
+                "other_positions": others,
+                "other_error_percent": round(100 * other_errors / max(others, 1), 2),
+            }
+        )
+    return rows
+
+
+def analyse(run: Path, buckets: list[int]) -> dict:
+    model, tokenizer, cfg, _ = load_run(run)
+    if cfg.data.name != "synthetic" or cfg.data.synthetic.task != "reverse":
+        raise UserError(f"{run}: trained on {cfg.data.name}, not the reversal task; give a data=synthetic run")
+    hyp_file = run / "eval" / "test.hyp"
+    if not hyp_file.is_file():
+        raise UserError(f"{hyp_file}: missing; run `make eval RUN={run}` first")
+    pairs = load_split(cfg.data, "test")
+    hyps = hyp_file.read_text(encoding="utf-8").splitlines()
+    rng, symbols = random.Random(0), [f"s{i}" for i in range(cfg.data.synthetic.symbols)]
+    probe_src = [without_repeats(s, rng, symbols) for s in pairs.src]
+    probe_ref = [" ".join(reversed(s.split())) for s in probe_src]
+    ec = OmegaConf.structured(EvalConfig())
+    probe_hyps = translate_texts(model, tokenizer, probe_src, ec, progress=False)
+    return {
+        "run": str(run),
+        "model": cfg.model.name,
+        "test": error_table(pairs.src, pairs.tgt, hyps, buckets),
+        "probe_sources": probe_src,
+        "without_repeats": {
+            "bleu": corpus_scores(probe_hyps, probe_ref)["bleu"],
+            "bleu_by_length": bleu_by_length(probe_src, probe_hyps, probe_ref, buckets),
+            "exact": error_table(probe_src, probe_ref, probe_hyps, buckets),
+        },
+    }
+
+
+@one_line_errors
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+")
+    args = parser.parse_args()
+    for run in args.runs:
+        result = analyse(run, BUCKETS)
+        (run / "eval" / "reversal_errors.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\n{run} ({result['model']})")
+        print("| length | sentences | exact | error at repeat sites | elsewhere | no-repeat probe: BLEU | exact |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        probe = result["without_repeats"]
+        for row, bleu, pr in zip(result["test"], probe["bleu_by_length"], probe["exact"]):
+            print(
+                f"| {row['bucket']} | {row['sentences']} | {row['exact_percent']} % "
+                f"| {row['repeat_site_error_percent']} % of {row['repeat_sites']} "
+                f"| {row['other_error_percent']} % of {row['other_positions']} | {bleu['bleu']:.2f} "
+                f"| {pr['exact_percent']} % |"
+            )
+        print(f"no-repeat probe BLEU {probe['bleu']} (wrote {run / 'eval' / 'reversal_errors.json'})")
+
+
+if __name__ == "__main__":
+    main()
