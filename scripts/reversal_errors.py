@@ -101,6 +101,10 @@ def analyse(run: Path, buckets: list[int]) -> dict:
     }
 
 
+def score(bleu: float | None) -> str:
+    return "–" if bleu is None else f"{bleu:.2f}"
+
+
 @one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,7 +121,7 @@ def main() -> None:
             print(
                 f"| {row['bucket']} | {row['sentences']} | {row['exact_percent']} % "
                 f"| {row['repeat_site_error_percent']} % of {row['repeat_sites']} "
-                f"| {row['other_error_percent']} % of {row['other_positions']} | {bleu['bleu']:.2f} "
+                f"| {row['other_error_percent']} % of {row['other_positions']} | {score(bleu['bleu'])} "
                 f"| {pr['exact_percent']} % |"
             )
         print(f"no-repeat probe BLEU {probe['bleu']} (wrote {run / 'eval' / 'reversal_errors.json'})")
