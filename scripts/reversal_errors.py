@@ -22,7 +22,7 @@ from translate.config import EvalConfig
 from translate.data.prepare import load_split
 from translate.errors import UserError, one_line_errors
 from translate.evaluate import load_run, translate_texts
-from translate.metrics import bleu_by_length, corpus_scores
+from translate.metrics import bleu_by_length, corpus_scores, length_bucket
 
 BUCKETS = [1, 10, 20, 30, 40, 50, 61]
 
@@ -51,12 +51,11 @@ def without_repeats(source: str, rng: random.Random, symbols: list[str]) -> str:
 def error_table(sources: list[str], refs: list[str], hyps: list[str], buckets: list[int]) -> list[dict]:
     rows = []
     for lo, hi in zip(buckets, buckets[1:]):
-        n = exact = sites = site_errors = others = other_errors = 0
-        for src, ref, hyp in zip(sources, refs, hyps):
-            if not lo <= len(src.split()) < hi:
-                continue
-            r, h = ref.split(), hyp.split()
-            n, exact = n + 1, exact + (r == h)
+        bucket = length_bucket(sources, lo, hi)
+        n, exact = len(bucket), sum(refs[i] == hyps[i] for i in bucket)
+        sites = site_errors = others = other_errors = 0
+        for i in bucket:
+            r, h = refs[i].split(), hyps[i].split()
             repeats, wrong = repeat_sites(r), wrong_positions(r, h)
             sites, site_errors = sites + len(repeats), site_errors + len(repeats & wrong)
             others, other_errors = others + len(r) - len(repeats), other_errors + len(wrong - repeats)
