@@ -161,8 +161,8 @@ def test_decoding_tuned_on_the_validation_set(run_dir):
     assert [(r["beam_size"], r["length_penalty"]) for r in result["grid"]] == [(3, 0.0), (3, 1.5), (1, 0.0)]
     assert result["best"]["bleu"] == max(r["bleu"] for r in result["grid"])
     for row in result["grid"][1:]:
-        ec = OmegaConf.structured(EvalConfig(split="valid", beam_size=row["beam_size"], probe_k=0, name="check"))
-        ec.length_penalty = row["length_penalty"]
+        settings = {"beam_size": row["beam_size"], "length_penalty": row["length_penalty"]}
+        ec = OmegaConf.structured(EvalConfig(split="valid", probe_k=0, name="check", **settings))
         assert evaluate(run_dir, ec)["bleu"] == row["bleu"]
     assert f"eval.beam_size={result['best']['beam_size']}" in done.stdout
 
