@@ -7,7 +7,8 @@ positions the hypothesis gets wrong at *repeat sites* (a symbol next to an equal
 every other position. A position is right when difflib's alignment of hypothesis to reference matches it.
 Then the same test set with every repeat broken (each symbol equal to its left neighbour redrawn until it
 differs; lengths unchanged) is decoded greedily and scored: if a model's long-input deficit is the
-repeats, it is gone on this probe. Writes RUN_DIR/eval/reversal_errors.json.
+repeats, it is gone on this probe. Writes RUN_DIR/eval/reversal_errors.json, and the probe's sources and
+hypotheses, one per line, to RUN_DIR/eval/without_repeats.{src,hyp}.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from translate.config import EvalConfig
+from translate.data.corpus import synthetic_symbols
 from translate.data.prepare import load_split
 from translate.errors import UserError, one_line_errors
 from translate.evaluate import load_run, translate_texts
@@ -82,16 +84,17 @@ def analyse(run: Path, buckets: list[int]) -> dict:
         raise UserError(f"{hyp_file}: missing; run `make eval RUN={run}` first")
     pairs = load_split(cfg.data, "test")
     hyps = hyp_file.read_text(encoding="utf-8").splitlines()
-    rng, symbols = random.Random(0), [f"s{i}" for i in range(cfg.data.synthetic.symbols)]
+    rng, symbols = random.Random(0), synthetic_symbols(cfg.data.synthetic)
     probe_src = [without_repeats(s, rng, symbols) for s in pairs.src]
     probe_ref = [" ".join(reversed(s.split())) for s in probe_src]
     ec = OmegaConf.structured(EvalConfig())
     probe_hyps = translate_texts(model, tokenizer, probe_src, ec, progress=False)
+    for suffix, lines in (("src", probe_src), ("hyp", probe_hyps)):
+        (run / "eval" / f"without_repeats.{suffix}").write_text("".join(f"{line}\n" for line in lines), "utf-8")
     return {
         "run": str(run),
         "model": cfg.model.name,
         "test": error_table(pairs.src, pairs.tgt, hyps, buckets),
-        "probe_sources": probe_src,
         "without_repeats": {
             "bleu": corpus_scores(probe_hyps, probe_ref)["bleu"],
             "bleu_by_length": bleu_by_length(probe_src, probe_hyps, probe_ref, buckets),

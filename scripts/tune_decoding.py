@@ -6,7 +6,7 @@
 Decodes the run's validation split once per (beam size, GNMT alpha) pair — greedy search once, alpha
 being a beam-search setting — and scores each with sacreBLEU on the raw references. The best BLEU wins;
 a tie goes to the smaller beam, then the smaller alpha. Prints the grid and writes it, with the choice,
-to RUN_DIR/eval/decoding_on_valid.json.
+to RUN_DIR/eval/decoding_on_valid.json (best.pt) or decoding_on_valid_<checkpoint>.json (any other).
 """
 
 import argparse
@@ -52,6 +52,12 @@ def tune(run: Path, beams: list[int], alphas: list[float], checkpoint: str = "be
     }
 
 
+def result_path(run: Path, checkpoint: str) -> Path:
+    """Where a checkpoint's grid goes: one file per checkpoint, so tuning `averaged` keeps best.pt's grid."""
+    name = Path(checkpoint).stem
+    return run / "eval" / ("decoding_on_valid.json" if name == "best" else f"decoding_on_valid_{name}.json")
+
+
 def numbers(kind):
     return lambda text: [kind(x) for x in text.split(",")]
 
@@ -67,7 +73,7 @@ def main() -> None:
     if min(args.beams) < 1 or min(args.alphas) < 0:
         parser.error("beam sizes are >= 1 and length penalties >= 0")
     result = tune(args.run, args.beams, args.alphas, args.checkpoint)
-    out = args.run / "eval" / "decoding_on_valid.json"
+    out = result_path(args.run, args.checkpoint)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     b = result["best"]

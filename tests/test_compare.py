@@ -112,7 +112,10 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     rows = [row for row in errors["test"] if row["sentences"]]
     assert sum(row["sentences"] for row in rows) == 40
     assert sum(row["exact_percent"] * row["sentences"] for row in rows) / 100 == pytest.approx(sum(exact), abs=0.1)
-    assert all(not any(a == b for a, b in zip(w, w[1:])) for w in (s.split() for s in errors["probe_sources"]))
+    probe = (run / "eval" / "without_repeats.src").read_text().splitlines()
+    assert len(probe) == 40 and [len(s.split()) for s in probe] == [len(s.split()) for s in test.src]
+    assert all(not any(a == b for a, b in zip(w, w[1:])) for w in (s.split() for s in probe))
+    assert len((run / "eval" / "without_repeats.hyp").read_text().splitlines()) == 40
 
 
 def test_reversal_errors_count_repeat_sites_and_misaligned_positions():

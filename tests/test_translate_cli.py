@@ -166,6 +166,12 @@ def test_decoding_tuned_on_the_validation_set(run_dir):
         assert evaluate(run_dir, ec)["bleu"] == row["bleu"]
     assert f"eval.beam_size={result['best']['beam_size']}" in done.stdout
 
+    tune = [sys.executable, "scripts/tune_decoding.py", str(run_dir), "--beams", "1", "--checkpoint", "last"]
+    done = subprocess.run(tune, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run_dir / "eval" / "decoding_on_valid_last.json").read_text())["checkpoint"] == "last"
+    assert json.loads((run_dir / "eval" / "decoding_on_valid.json").read_text()) == result  # best.pt's grid kept
+
     done = subprocess.run(
         [sys.executable, "scripts/tune_decoding.py", str(run_dir / "missing")], cwd=ROOT, capture_output=True, text=True
     )

@@ -179,6 +179,11 @@ class JsonlFile(PairSource):
         return f"jsonl:{self.src_lang}-{self.tgt_lang}:{file_digest(Path(self.path))}"
 
 
+def synthetic_symbols(cfg) -> list[str]:
+    """The symbols `s0 … s{n-1}` of a synthetic task (a SyntheticConfig)."""
+    return [f"s{i}" for i in range(cfg.symbols)]
+
+
 @dataclass
 class SyntheticSplit(PairSource):
     """Random symbol sequences and their copy or reversal; fixed per role by `cfg.seed` (a SyntheticConfig)."""
@@ -194,7 +199,7 @@ class SyntheticSplit(PairSource):
     def __iter__(self):
         cfg = self.cfg
         rng = random.Random(cfg.seed + ROLES.index(self.role))
-        vocab = [f"s{i}" for i in range(cfg.symbols)]
+        vocab = synthetic_symbols(cfg)
         for _ in range(getattr(cfg, f"{self.role}_size")):
             words = rng.choices(vocab, k=rng.randint(cfg.min_len, cfg.max_len))
             yield " ".join(words), " ".join(reversed(words) if cfg.task == "reverse" else words)
