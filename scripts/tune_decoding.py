@@ -6,7 +6,8 @@
 Decodes the run's validation split once per (beam size, GNMT alpha) pair — greedy search once, alpha
 being a beam-search setting — and scores each with sacreBLEU on the raw references. The best BLEU wins;
 a tie goes to the smaller beam, then the smaller alpha. Prints the grid and writes it, with the choice,
-to RUN_DIR/eval/decoding_on_valid.json (best.pt) or decoding_on_valid_<checkpoint>.json (any other).
+to RUN_DIR/eval/decoding_on_valid.json (best.pt) or decoding_on_valid_<checkpoint>.json (any other);
+points an earlier call tried on the same weights stay in the file and in the choice.
 """
 
 import argparse
@@ -39,17 +40,31 @@ def tune(run: Path, beams: list[int], alphas: list[float], checkpoint: str = "be
         scores = corpus_scores(hyps, pairs.tgt)
         rows.append({"beam_size": beam, "length_penalty": alpha, "bleu": scores["bleu"], "chrf": scores["chrf"]})
         print(f"beam {beam:2d}  alpha {alpha:4.2f}  BLEU {scores['bleu']:6.2f}  chrF {scores['chrf']:6.2f}", flush=True)
-    best = max(rows, key=lambda r: (r["bleu"], -r["beam_size"], -r["length_penalty"]))
     return {
         "run": str(run),
         "checkpoint": checkpoint,
         "step": TrainState.from_checkpoint(ckpt).step,
+        "averaged_steps": ckpt.get("averaged_steps"),
         "split": "valid",
         "sentences": len(pairs),
         "bleu_signature": scores["bleu_signature"],
         "grid": rows,
-        "best": best,
+        "best": choose(rows),
     }
+
+
+def choose(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r["bleu"], -r["beam_size"], -r["length_penalty"]))
+
+
+def merge(result: dict, earlier: dict) -> dict:
+    """An earlier grid of the same weights keeps its other (beam, alpha) points; a point tried again is replaced."""
+    same = ("checkpoint", "step", "averaged_steps", "split", "sentences", "bleu_signature")
+    if any(earlier.get(key) != result[key] for key in same):
+        return result
+    tried = {(r["beam_size"], r["length_penalty"]) for r in result["grid"]}
+    rows = [r for r in earlier["grid"] if (r["beam_size"], r["length_penalty"]) not in tried] + result["grid"]
+    return {**result, "grid": rows, "best": choose(rows)}
 
 
 def result_path(run: Path, checkpoint: str) -> Path:
@@ -74,6 +89,8 @@ def main() -> None:
         parser.error("beam sizes are >= 1 and length penalties >= 0")
     result = tune(args.run, args.beams, args.alphas, args.checkpoint)
     out = result_path(args.run, args.checkpoint)
+    if out.exists():
+        result = merge(result, json.loads(out.read_text()))
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     b = result["best"]

@@ -172,7 +172,31 @@ def test_decoding_tuned_on_the_validation_set(run_dir):
     assert json.loads((run_dir / "eval" / "decoding_on_valid_last.json").read_text())["checkpoint"] == "last"
     assert json.loads((run_dir / "eval" / "decoding_on_valid.json").read_text()) == result  # best.pt's grid kept
 
+    # a second grid on the same weights adds its points to the first; the choice is over both
+    tune = [sys.executable, "scripts/tune_decoding.py", str(run_dir), "--beams", "2", "--alphas", "0.6"]
+    done = subprocess.run(tune, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    both = json.loads((run_dir / "eval" / "decoding_on_valid.json").read_text())
+    assert [(r["beam_size"], r["length_penalty"]) for r in both["grid"]] == [(3, 0.0), (3, 1.5), (1, 0.0), (2, 0.6)]
+    assert both["grid"][:3] == result["grid"] and both["best"]["bleu"] == max(r["bleu"] for r in both["grid"])
+
     done = subprocess.run(
         [sys.executable, "scripts/tune_decoding.py", str(run_dir / "missing")], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+
+
+def test_a_grid_of_other_weights_replaces_the_earlier_one():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from tune_decoding import merge
+
+    def grid(steps, *points):
+        rows = [{"beam_size": b, "length_penalty": a, "bleu": bleu, "chrf": 0.0} for b, a, bleu in points]
+        meta = {"split": "valid", "sentences": 9, "bleu_signature": "sig", "checkpoint": "averaged", "step": 8}
+        return {**meta, "averaged_steps": steps, "grid": rows, "best": max(rows, key=lambda r: r["bleu"])}
+
+    earlier, now = grid([6, 8], (5, 1.5, 40.0), (5, 1.0, 39.0)), grid([6, 8], (5, 1.0, 38.0))
+    assert merge(now, earlier)["grid"] == earlier["grid"][:1] + now["grid"]  # the point tried again is replaced
+    assert merge(now, earlier)["best"]["bleu"] == 40.0
+    other = grid([4, 6, 8], (5, 1.0, 38.0))  # averaged anew: another mean, so the earlier grid is not its own
+    assert merge(other, earlier) == other
