@@ -23,7 +23,7 @@ from translate.config import EvalConfig
 from translate.data.corpus import synthetic_symbols
 from translate.data.prepare import load_split
 from translate.errors import UserError, one_line_errors
-from translate.evaluate import load_run, translate_texts
+from translate.evaluate import load_run, translate_texts, write_lines
 from translate.metrics import bleu_by_length, corpus_scores, length_bucket
 
 BUCKETS = [1, 10, 20, 30, 40, 50, 61]
@@ -90,7 +90,7 @@ def analyse(run: Path, buckets: list[int]) -> dict:
     ec = OmegaConf.structured(EvalConfig())
     probe_hyps = translate_texts(model, tokenizer, probe_src, ec, progress=False)
     for suffix, lines in (("src", probe_src), ("hyp", probe_hyps)):
-        (run / "eval" / f"without_repeats.{suffix}").write_text("".join(f"{line}\n" for line in lines), "utf-8")
+        write_lines(run / "eval" / f"without_repeats.{suffix}", lines)
     return {
         "run": str(run),
         "model": cfg.model.name,
