@@ -37,7 +37,7 @@ $(ENV): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
-	@$(PY) -c "from translate.allocator import find_tcmalloc as f, INSTALL_HINT as h; print('tcmalloc:', f() or h)"
+	@$(PY) -c "from translate.runtime.allocator import find_tcmalloc as f, INSTALL_HINT as h; print('tcmalloc:', f() or h)"
 	touch $@
 
 install:  ## (re)build the environment; TORCH=torch for your platform's default (CUDA) build

@@ -36,7 +36,7 @@ import torch
 import yaml
 from benchmark import compose_settings, cpu_name
 
-from translate.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment
+from translate.runtime.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "cache" / "peers"
@@ -49,7 +49,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def host() -> dict:
-    from translate.runtime import cpu_flags
+    from translate.runtime.device import cpu_flags
 
     flags = cpu_flags()
     return {
@@ -100,7 +100,7 @@ def joeynmt_data(cfg, tokenizer_model: Path, work: Path, dev: int) -> dict:
     cut to `dev` sentences, and the vocabulary file of our SentencePiece model: its pieces in id order."""
     import sentencepiece as spm
 
-    from translate.data.prepare import load_split
+    from translate.data.pipeline import load_split
 
     out = work / "data"
     out.mkdir(parents=True, exist_ok=True)

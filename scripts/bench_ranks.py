@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from translate.runtime import cpu_flags
+from translate.runtime.device import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs a command and prints the peak RSS (kB) of the largest process it started, ranks included

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from translate.allocator import describe_allocator, malloc_environment, preload_tcmalloc
+from translate.runtime.allocator import describe_allocator, malloc_environment, preload_tcmalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
@@ -77,7 +77,7 @@ def cpu_name() -> str:
         (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
         platform.machine(),
     )
-    from translate.runtime import BF16_CPU_FLAGS, cpu_flags
+    from translate.runtime.device import BF16_CPU_FLAGS, cpu_flags
 
     units = [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in cpu_flags()]
     return f"{name} ({', '.join(units) or 'no bf16 units'})"
@@ -86,7 +86,7 @@ def cpu_name() -> str:
 def compose_settings(setting: str, steps: int):
     from hydra import compose, initialize_config_dir
 
-    from translate.config import register_configs
+    from translate.config.schema import register_configs
 
     register_configs()
     overrides = [o for o in shlex.split(setting) if not o.startswith("batching=")]
@@ -149,7 +149,7 @@ def where_time_goes(trainer, batches: list, top: int = 12) -> list[dict]:
 
 
 def bench_train(setting: str, steps: int, warmup: int, profile_steps: int = 0) -> dict:
-    from translate.trainer import Trainer
+    from translate.training.trainer import Trainer
 
     cfg = compose_settings(setting, warmup + steps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,24 +194,24 @@ def bench_decode(run: Path, beam: int, repeats: int, engine: str = "torch") -> d
     import sacrebleu
     from omegaconf import OmegaConf
 
-    from translate.config import EvalConfig
-    from translate.data.prepare import load_split
-    from translate.evaluate import load_run, translate_texts
+    from translate.config.schema import EvalConfig
+    from translate.data.pipeline import load_split
+    from translate.decoding.inference import load_run, translate_texts
 
     model, tokenizer, cfg, _ = load_run(run)
     ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"beam_size": beam})
     test = load_split(cfg.data, "test")
     decode = lambda: translate_texts(model, tokenizer, test.src, ec, progress=False)
     if engine != "torch":
-        from translate.ct2 import load_export
-        from translate.export import METADATA, export_dir, export_run
+        from translate.decoding.ct2 import load_export
+        from translate.decoding.ct2_export import METADATA, export_dir, export_run
 
         quantization = engine.partition("-")[2] or "none"
         if not (export_dir(run, quantization) / METADATA).exists():
             export_run(run, ec.checkpoint, quantization)
         del model
         ct2 = load_export(run, quantization, ec)
-        decode = lambda: ct2.translate_texts(ct2.tokenizer, test.src, ec)
+        decode = lambda: translate_texts(ct2, ct2.tokenizer, test.src, ec, progress=False)
     times, outputs = [], None
     for _ in range(repeats):
         started = time.perf_counter()
@@ -353,5 +353,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    preload_tcmalloc()  # as the project's commands do (translate/allocator.py); TRANSLATE_MALLOC=system: glibc's
+    preload_tcmalloc()  # as the project's commands do (translate.runtime.allocator); TRANSLATE_MALLOC=system: glibc's
     main()

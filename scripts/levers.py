@@ -90,7 +90,7 @@ def keys_once_lever(repeats: int) -> dict:
 
 def batched_readout_lever(repeats: int) -> dict:
     """The reference attention RNN on 128 sentences × 30 source / 32 target tokens, vocabulary 8,000."""
-    from translate.config import ModelConfig
+    from translate.config.schema import ModelConfig
     from translate.models import build_model
 
     model = build_model(

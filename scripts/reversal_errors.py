@@ -19,12 +19,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from translate.config import EvalConfig
+from translate.config.schema import EvalConfig
 from translate.data.corpus import synthetic_symbols
-from translate.data.prepare import load_split
-from translate.errors import UserError, one_line_errors
-from translate.evaluate import load_run, translate_texts, write_lines
-from translate.metrics import bleu_by_length, corpus_scores, length_bucket
+from translate.data.pipeline import load_split
+from translate.decoding.inference import load_run, translate_texts
+from translate.evaluation.evaluator import write_lines
+from translate.evaluation.metrics import bleu_by_length, corpus_scores, length_bucket
+from translate.runtime.errors import UserError, one_line_errors
 
 BUCKETS = [1, 10, 20, 30, 40, 50, 61]
 

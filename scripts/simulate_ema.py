@@ -7,7 +7,7 @@ trainer.ema_decay=D would have kept — to choose D on the validation set withou
 Between two kept checkpoints (steps s < s') the average decays by the product of the per-update decays of
 updates s+1 … s' and takes the rest from the checkpoint at s' (the updates in between are not on disk: this
 is the coarse version of what training does every update). `--warmup` uses the trainer's decay
-(translate/update.py warmed_up_decay); without it, the plain constant D. The first checkpoint
+(translate/training/update.py warmed_up_decay); without it, the plain constant D. The first checkpoint
 starts the average. Writes RUN_DIR/NAME.pt (default emasim_D[_warmup]) with the averaged weights.
 """
 
@@ -15,8 +15,8 @@ import argparse
 import math
 from pathlib import Path
 
-from translate.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
-from translate.update import warmed_up_decay
+from translate.runtime.checkpoints import load_checkpoint, numbered_checkpoints, save_checkpoint
+from translate.training.update import warmed_up_decay
 
 
 def decay_between(decay: float, start: int, end: int, warmup: bool) -> float:

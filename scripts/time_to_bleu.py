@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from translate.plots import plt
+from translate.evaluation.plots import plt
 
 
 def scalars(directory: Path, tag: str) -> list:

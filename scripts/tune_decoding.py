@@ -16,12 +16,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from translate.checkpoint import TrainState
-from translate.config import EvalConfig
-from translate.data.prepare import load_split
-from translate.errors import one_line_errors
-from translate.evaluate import load_run, translate_texts
-from translate.metrics import corpus_scores
+from translate.config.schema import EvalConfig
+from translate.data.pipeline import load_split
+from translate.decoding.inference import load_run, translate_texts
+from translate.evaluation.metrics import corpus_scores
+from translate.runtime.checkpoints import TrainState
+from translate.runtime.errors import one_line_errors
 
 
 def grid(beams: list[int], alphas: list[float]) -> list[tuple[int, float]]:

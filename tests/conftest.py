@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from translate.config import register_configs
+from translate.config.schema import register_configs
 from translate.data.corpus import SHARED_MULTI30K
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

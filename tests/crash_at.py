@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-import translate.checkpoint as checkpoint
-import translate.files as files
+import translate.runtime.checkpoints as checkpoint
+import translate.runtime.files as files
 import translate.train  # noqa: F401  (imported once here; every forked run inherits it)
 
 CRASHED, UNLOADABLE = 86, 87

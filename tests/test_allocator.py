@@ -1,4 +1,4 @@
-"""The project's commands restart themselves on tcmalloc where it is installed (translate/allocator.py)."""
+"""The project's commands restart themselves on tcmalloc where it is installed (translate/runtime/allocator.py)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import tiny_synthetic
 
-from translate.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment, started_as_command
+from translate.runtime.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment, started_as_command
 
 
 def test_only_the_projects_commands_restart():

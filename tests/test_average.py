@@ -10,12 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from translate.average import average_run
-from translate.checkpoint import keep_numbered, numbered_checkpoints, save_checkpoint
-from translate.config import EvalConfig, ModelConfig, TokenizerConfig, TrainConfig
+from translate.config.schema import EvalConfig, ModelConfig, TokenizerConfig, TrainConfig
 from translate.data.tokenizer import train_or_load
-from translate.evaluate import evaluate, load_run
+from translate.decoding.inference import load_run
+from translate.evaluation.evaluator import evaluate
 from translate.models import build_model
+from translate.runtime.checkpoints import keep_numbered, numbered_checkpoints, save_checkpoint
+from translate.training.averaging import average_run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "ein eine der die das mann frau hund kind spielt läuft sitzt auf dem im park wasser roten blauen ball".split()

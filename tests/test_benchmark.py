@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from conftest import SMALL_DATA, SMALL_MODELS
 
-from translate.allocator import find_tcmalloc
-from translate.runtime import native_bf16
-from translate.train import train
+from translate.runtime.allocator import find_tcmalloc
+from translate.runtime.device import native_bf16
+from translate.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

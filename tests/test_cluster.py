@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import compose_train, tiny_synthetic
 
-from translate.checkpoint import load_checkpoint, restore_training
-from translate.errors import ConfigError
-from translate.signals import GracefulStop
-from translate.trainer import Trainer
+from translate.runtime.checkpoints import load_checkpoint, restore_training
+from translate.runtime.errors import ConfigError
+from translate.runtime.signals import GracefulStop
+from translate.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from translate.config import SyntheticConfig
+from translate.config.schema import SyntheticConfig
 from translate.data.corpus import Pairs, SyntheticSplit
 from translate.data.probe import long_sentence_probe
-from translate.errors import UserError
-from translate.seeds import load_reports
+from translate.evaluation.spread import load_reports
+from translate.runtime.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -227,7 +227,7 @@ def test_an_override_gets_its_own_comparison_directory(tmp_path):
 
 
 def test_bleu_drop_ignores_tiny_buckets():
-    from translate.report import bleu_drop
+    from translate.evaluation.comparison import bleu_drop
 
     buckets = [
         {"bleu": 30.0, "sentences": 400},
@@ -240,7 +240,7 @@ def test_bleu_drop_ignores_tiny_buckets():
 
 
 def test_gap_to_the_plain_rnn_per_length():
-    from translate.report import gap_lines, gap_to_baseline
+    from translate.evaluation.comparison import gap_lines, gap_to_baseline
 
     def row(name, test, probe):
         sizes = [400, 300, 50, 5]
@@ -264,8 +264,8 @@ def test_gap_to_the_plain_rnn_per_length():
 
 def test_lead_growth_has_a_paired_bootstrap_interval(tmp_path):
     """Read back from probe files as evaluation writes them: a lead that grows clearly, and one that does not."""
-    from translate.evaluate import write_lines
-    from translate.report import probe_lead_growth
+    from translate.evaluation.comparison import probe_lead_growth
+    from translate.evaluation.evaluator import write_lines
 
     words = "a man in a blue shirt is riding a bike down the street while two dogs run".split()
     src = [" ".join(words[: 3 + i % 5]) for i in range(30)] + [" ".join((words * 2)[: 12 + i]) for i in range(30)]
@@ -298,7 +298,7 @@ def test_lead_growth_has_a_paired_bootstrap_interval(tmp_path):
 def test_reversal_pairs_are_never_joined(tmp_path, caplog):
     from conftest import compose_train
 
-    from translate.trainer import Trainer
+    from translate.training.trainer import Trainer
 
     overrides = [o for o in TINY if o.startswith(("data", "model.", "trainer"))]
     cfg = compose_train([*overrides, "trainer.concat_prob=1.0", f"data.tokenizer.cache_dir={tmp_path / 'tok'}"])

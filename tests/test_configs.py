@@ -55,11 +55,11 @@ def test_comparison_directory_names_every_changed_setting(overrides, sweep_dir):
 
 
 def test_every_number_and_choice_of_the_schemas_has_a_rule():
-    """A new size, probability or choice in translate/config.py gets a range in translate/config_rules.py."""
+    """A new size, probability or choice in translate/config/schema.py gets a range in translate/config/rules.py."""
     from dataclasses import fields, is_dataclass
 
-    from translate.config import TrainConfig
-    from translate.config_rules import RULES
+    from translate.config.rules import RULES
+    from translate.config.schema import TrainConfig
 
     free = {"trainer.seed", "data.synthetic.seed", "data.url", "eval.checkpoint"}
     free |= {"data.name", "data.src_lang", "data.tgt_lang", "data.train_split", "data.valid_split", "data.test_split"}
@@ -93,8 +93,8 @@ def test_every_number_and_choice_of_the_schemas_has_a_rule():
     ],
 )
 def test_out_of_range_settings_are_named_with_their_default(override, named):
-    from translate.config_rules import check_config
-    from translate.errors import ConfigError
+    from translate.config.rules import check_config
+    from translate.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="^bad setting") as refused:
         check_config(compose_train(override.split()))
@@ -102,7 +102,7 @@ def test_out_of_range_settings_are_named_with_their_default(override, named):
 
 
 def test_the_default_configs_and_presets_break_no_rule():
-    from translate.config_rules import check_config
+    from translate.config.rules import check_config
 
     presets = [[], ["trainer=gpu"], ["trainer=debug"], ["data=synthetic", "model=rnn"], ["model=transformer_ref"]]
     for overrides in presets:

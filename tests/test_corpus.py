@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from translate.config import DataConfig
+from translate.config.schema import DataConfig
 from translate.data import remote
 from translate.data.corpus import (
     CorpusError,
@@ -18,7 +18,7 @@ from translate.data.corpus import (
     read_lines,
     read_pair_files,
 )
-from translate.data.prepare import load_split, split_source
+from translate.data.pipeline import load_split, split_source
 from translate.data.remote import HubSplit, download_file
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_synthetic
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from translate.checkpoint import TrainState, load_checkpoint
+from translate.runtime.checkpoints import TrainState, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -14,13 +14,14 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from translate import runtime
-from translate.checkpoint import TrainState, load_checkpoint
-from translate.config import EvalConfig
-from translate.evaluate import evaluate, load_run
-from translate.train import train
-from translate.trainer import NonFiniteLossError, Trainer
-from translate.validate import validate
+from translate.config.schema import EvalConfig
+from translate.decoding.inference import load_run
+from translate.evaluation.evaluator import evaluate
+from translate.evaluation.validation import validate
+from translate.runtime import device as runtime
+from translate.runtime.checkpoints import TrainState, load_checkpoint
+from translate.training.run import train
+from translate.training.trainer import NonFiniteLossError, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
@@ -121,7 +122,7 @@ def test_precision_auto_follows_the_hardware(multi30k_dir, small_cfg, tmp_path, 
     assert precision == "fp32" and "neither AVX512-BF16 nor AMX" in why
     assert runtime.resolve_precision("bf16", cpu) == ("bf16", "trainer.precision=bf16")  # a choice is kept
     monkeypatch.undo()
-    with caplog.at_level(logging.INFO, logger="translate.trainer"):  # the default, on this host
+    with caplog.at_level(logging.INFO, logger="translate.training.trainer"):  # the default, on this host
         trainer = Trainer(small_cfg("rnn", "trainer.precision=auto"), tmp_path / "run")
     expected = "bf16" if runtime.native_bf16(cpu) else "fp32"
     assert trainer.precision == expected and f"parameters on cpu, precision {expected} (" in caplog.text

@@ -14,15 +14,15 @@ import torch
 from conftest import SMALL_DATA, SMALL_MODELS, compose_train
 from omegaconf import OmegaConf
 
-from translate.checkpoint import load_checkpoint, save_checkpoint
-from translate.config import EvalConfig, ModelConfig
+from translate.config.schema import EvalConfig, ModelConfig
 from translate.data.batching import collate
 from translate.data.tokenizer import BOS, EOS
-from translate.errors import ConfigError, UserError
-from translate.evaluate import load_run
+from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.search import translate_ids
 from translate.models import build_model
-from translate.search import translate_ids
-from translate.train import train
+from translate.runtime.checkpoints import load_checkpoint, save_checkpoint
+from translate.runtime.errors import ConfigError, UserError
+from translate.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 100 updates: poor translations, but most end with EOS (49 of the 50 below) and some run to the length limit
@@ -111,7 +111,7 @@ def _compare(model, sources, ours, theirs, ratio: float, offset: int) -> tuple[l
     the identical ones)."""
     flips, worst = [], 0.0
     for i, (a, b) in enumerate(zip(ours, theirs)):
-        limit = int((len(sources[i]) + 1) * ratio) + offset  # translate.search.max_output_lengths
+        limit = int((len(sources[i]) + 1) * ratio) + offset  # translate.decoding.search.max_output_lengths
         assert len(b.tokens) <= limit, f"sentence {i}: CTranslate2 gave {len(b.tokens)} tokens, limit {limit}"
         assert len(a.tokens) <= limit, f"sentence {i}: PyTorch gave {len(a.tokens)} tokens, limit {limit}"
         if a.tokens == b.tokens:
@@ -126,8 +126,8 @@ def _compare(model, sources, ours, theirs, ratio: float, offset: int) -> tuple[l
 
 
 def test_ct2_greedy_output_is_our_greedy_output(exported, sentences):
-    from translate.ct2 import CT2Model
-    from translate.export import export_dir
+    from translate.decoding.ct2 import CT2Model
+    from translate.decoding.ct2_export import export_dir
 
     model, tokenizer, _, _ = load_run(exported, "best", "cpu")
     sources = tokenizer.encode(sentences)
@@ -147,8 +147,8 @@ def test_ct2_greedy_output_is_our_greedy_output(exported, sentences):
 
 def test_ct2_beam_search_ranks_as_ours(exported, sentences):
     """Beam search: CTranslate2 collects the same finished hypotheses; we rank them by the GNMT penalty."""
-    from translate.ct2 import CT2Model
-    from translate.export import export_dir
+    from translate.decoding.ct2 import CT2Model
+    from translate.decoding.ct2_export import export_dir
 
     model, tokenizer, _, _ = load_run(exported, "best", "cpu")
     sources = tokenizer.encode(sentences[:20])
@@ -166,8 +166,8 @@ def test_ct2_beam_search_ranks_as_ours(exported, sentences):
 
 
 def test_translate_engine_ct2_keeps_lines(exported, sentences):
-    from translate.ct2 import CT2Model
-    from translate.export import export_dir
+    from translate.decoding.ct2 import CT2Model
+    from translate.decoding.ct2_export import export_dir
 
     lines = [sentences[0], "", sentences[1], "   ", sentences[2]]
     stdin = "\n".join(lines) + "\n"
@@ -176,7 +176,7 @@ def test_translate_engine_ct2_keeps_lines(exported, sentences):
     out = done.stdout.split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines) and out[1] == out[3] == ""
     engine = CT2Model(export_dir(exported), "cpu")
-    expected = engine.translate_texts(engine.tokenizer, [sentences[i] for i in range(3)], EvalConfig())
+    expected = translate_texts(engine, engine.tokenizer, [sentences[i] for i in range(3)], EvalConfig())
     assert [out[0], out[2], out[4]] == expected and all(expected)
 
 
@@ -189,7 +189,7 @@ def test_translate_engine_ct2_without_export_says_how_to_make_it(exported):
 
 
 def test_export_of_other_checkpoint_is_not_used_silently(exported):
-    from translate.ct2 import load_export
+    from translate.decoding.ct2 import load_export
 
     with pytest.raises(ConfigError, match="exported from checkpoint best, not eval.checkpoint=last; pass"):
         load_export(exported, "none", OmegaConf.structured(EvalConfig(checkpoint="last")))
@@ -213,8 +213,8 @@ def test_rnn_run_is_refused_in_one_line(exported, tmp_path):
 
 
 def test_int8_export_writes_loads_and_replaces_atomically(exported, sentences):
-    from translate.ct2 import CT2Model
-    from translate.export import export_run
+    from translate.decoding.ct2 import CT2Model
+    from translate.decoding.ct2_export import export_run
 
     first = export_run(exported, "best", "int8")
     assert first == exported / "ct2-int8"
@@ -224,7 +224,7 @@ def test_int8_export_writes_loads_and_replaces_atomically(exported, sentences):
     # int8 weights (the float32 position table, 1024 × d_model, stays as it is)
     assert (first / "model.bin").stat().st_size < 0.75 * (exported / "ct2" / "model.bin").stat().st_size
     engine = CT2Model(first, "cpu")
-    out = engine.translate_texts(engine.tokenizer, sentences[:10], EvalConfig())
+    out = translate_texts(engine, engine.tokenizer, sentences[:10], EvalConfig())
     assert len(out) == 10 and all(isinstance(t, str) for t in out)
 
     before = (first / "model.bin").stat().st_ino
@@ -236,8 +236,8 @@ def test_int8_export_writes_loads_and_replaces_atomically(exported, sentences):
 def test_post_norm_untied_transformer_exports_exactly(exported, sentences, tmp_path):
     """The other layout: post-LN (no final norms, norm after each residual sum), separate target embedding and
     output layer; untrained weights, so only the mapping is tested."""
-    from translate.ct2 import CT2Model
-    from translate.export import export_run
+    from translate.decoding.ct2 import CT2Model
+    from translate.decoding.ct2_export import export_run
 
     run = tmp_path / "post_norm"
     run.mkdir()

@@ -1,5 +1,5 @@
 """Faults a user meets, tried with real processes and real signals: each ends in one line and a documented exit
-code, and nothing already written is lost (translate.errors lists the codes)."""
+code, and nothing already written is lost (translate.runtime.errors lists the codes)."""
 
 import os
 import random
@@ -15,8 +15,8 @@ import torch
 from conftest import tiny_synthetic
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from translate.checkpoint import CheckpointError, TrainState, load_checkpoint
-from translate.errors import EXIT_USER_ERROR
+from translate.runtime.checkpoints import CheckpointError, TrainState, load_checkpoint
+from translate.runtime.errors import EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -201,8 +201,8 @@ def test_a_line_that_fails_leaves_an_empty_line_and_the_others_translated(traine
     from omegaconf import OmegaConf
 
     import translate.translate as cli
-    from translate.config import EvalConfig
-    from translate.evaluate import load_run
+    from translate.config.schema import EvalConfig
+    from translate.decoding.inference import load_run
 
     model, tokenizer, _, _ = load_run(trained)
 
@@ -290,7 +290,7 @@ def no_step_twice(run_dir: Path) -> None:
 
 
 def test_a_second_ctrl_c_aborts_at_once():
-    from translate.signals import GracefulStop
+    from translate.runtime.signals import GracefulStop
 
     before = signal.getsignal(signal.SIGINT)
     with GracefulStop() as stop:

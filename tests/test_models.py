@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from translate.checkpoint import load_checkpoint, save_checkpoint
-from translate.config import ModelConfig
+from translate.config.schema import ModelConfig
+from translate.decoding.search import greedy_search, select
 from translate.models import build_model
-from translate.search import greedy_search, select
+from translate.runtime.checkpoints import load_checkpoint, save_checkpoint
 
 V = 50
 CONFIGS = {
@@ -128,7 +128,7 @@ def test_attention_maps_for_heatmaps(key):
 
 
 def test_link_checkpoint_is_atomic_and_survives_the_source_being_replaced(tmp_path):
-    from translate.checkpoint import link_checkpoint
+    from translate.runtime.checkpoints import link_checkpoint
 
     save_checkpoint({"model": {}, "step": 1}, tmp_path / "last.pt")
     link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from translate.config import ModelConfig
+from translate.config.schema import ModelConfig
 from translate.data.batching import collate
+from translate.decoding.search import beam_search, gnmt_length_penalty, greedy_search, max_output_lengths, translate_ids
 from translate.models import build_model
-from translate.search import beam_search, gnmt_length_penalty, greedy_search, max_output_lengths, translate_ids
 
 V, BOS, EOS = 24, 2, 3
 CONFIGS = {

@@ -14,8 +14,8 @@ import pytest
 from conftest import SMALL_DATA, SMALL_MODELS, compose_train
 
 from translate.data.corpus import read_lines
-from translate.data.prepare import prepare_data
-from translate.trainer import Trainer
+from translate.data.pipeline import prepare_data
+from translate.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from translate.config import ModelConfig, TrainerConfig
-from translate.loss import linear_cross_entropy, smoothed_cross_entropy
+from translate.config.schema import ModelConfig, TrainerConfig
 from translate.models import build_model
-from translate.optim import build_optimizer
-from translate.runtime import heap_trimmer
+from translate.models.loss import linear_cross_entropy, smoothed_cross_entropy
+from translate.runtime.device import heap_trimmer
+from translate.training.optim import build_optimizer
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])

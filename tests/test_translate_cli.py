@@ -15,11 +15,12 @@ import torch
 from conftest import SMALL_DATA, SMALL_MODELS, compose_train
 from omegaconf import OmegaConf
 
-from translate.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from translate.config import EvalConfig, ModelConfig
-from translate.evaluate import evaluate, load_run, translate_texts
+from translate.config.schema import EvalConfig, ModelConfig
+from translate.decoding.inference import load_run, translate_texts
+from translate.evaluation.evaluator import evaluate
 from translate.models import build_model
-from translate.train import train
+from translate.runtime.checkpoints import TrainState, load_checkpoint, save_checkpoint
+from translate.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [

@@ -2,7 +2,7 @@
 
 import sys
 
-from translate.allocator import preload_tcmalloc, started_as_command
+from translate.runtime.allocator import preload_tcmalloc, started_as_command
 
 __version__ = "0.1.0"
 

@@ -10,10 +10,10 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from translate.config import register_configs
-from translate.config_rules import check_config
-from translate.data.prepare import prepare_data
-from translate.errors import one_line_errors
+from translate.config.rules import check_config
+from translate.config.schema import register_configs
+from translate.data.pipeline import prepare_data
+from translate.runtime.errors import one_line_errors
 
 register_configs()
 

@@ -14,26 +14,24 @@ source pieces × target pieces (rnn_attention: its attention; transformer: the l
 layer's cross-attention averaged over heads).
 
 `engine=ct2 [quantization=…]` decodes with the run's CTranslate2 export instead of the PyTorch
-model (`make export` writes it; translate/export.py, translate/ct2.py), under the same `eval.*` rules.
+model (`make export` writes it; translate/decoding/ct2_export.py, ct2.py), under the same `eval.*` rules.
 """
 
 import logging
 import sys
-from functools import partial
 from itertools import islice
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from translate.config import register_configs
-from translate.config_rules import check_config
-from translate.ct2 import CT2Model, load_export
+from translate.config.rules import check_config
+from translate.config.schema import register_configs
 from translate.data.tokenizer import BOS, EOS
-from translate.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
-from translate.evaluate import decoding_options, load_run, translate_texts
-from translate.plots import attention_figure
-from translate.search import Hypothesis, translate_ids
+from translate.decoding.ct2 import load_export
+from translate.decoding.inference import decoding_options, load_run, translate_texts
+from translate.decoding.search import Hypothesis, translate_ids
+from translate.runtime.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
 
 log = logging.getLogger("translate")
 register_configs()
@@ -58,8 +56,8 @@ def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1) -> l
     texts = [line.strip() for line in lines]
     todo = [i for i, text in enumerate(texts) if text]
     names = [f"line {first + i}" for i in todo]
-    decode = model.translate_texts if isinstance(model, CT2Model) else partial(translate_texts, model)
-    translations = decode(tokenizer, [texts[i] for i in todo], ec, progress=False, names=names) if todo else []
+    sources = [texts[i] for i in todo]
+    translations = translate_texts(model, tokenizer, sources, ec, progress=False, names=names) if todo else []
     out, n = [""] * len(texts), ec.n_best
     for k, i in enumerate(todo):
         out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in translations[k * n : (k + 1) * n])
@@ -90,6 +88,8 @@ def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) 
     best, eos = hyps[0], tokenizer.id_to_piece([EOS])
     src_pieces = tokenizer.pieces(texts)[0] + eos
     tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[: len(best.attention)]  # no EOS row if cut at the limit
+    from translate.evaluation.plots import attention_figure  # matplotlib only when a figure is asked for
+
     attention_figure(best.attention.numpy(), src_pieces, tgt_pieces).savefig(path, dpi=120)
     translation = "\t".join(tokenizer.decode([h.tokens for h in hyps]))
     return [translation if line.strip() else "" for line in lines]

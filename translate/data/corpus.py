@@ -7,7 +7,7 @@ splits (valid, test) become `Pairs`, two lists of raw strings.
 
     for src, tgt in TextFiles(Path("train.de.gz"), Path("train.en.gz")): ...
 
-Which source a `DataConfig` names is decided in `translate.data.prepare.split_source`.
+Which source a `DataConfig` names is decided in `translate.data.pipeline.split_source`.
 """
 
 import gzip
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from translate.errors import UserError
+from translate.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 

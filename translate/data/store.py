@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from translate.data.corpus import CorpusError
-from translate.files import fsync_directory
+from translate.runtime.files import fsync_directory
 
 log = logging.getLogger(__name__)
 

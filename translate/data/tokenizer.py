@@ -15,7 +15,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from translate.data.corpus import CorpusError
-from translate.files import copy_file
+from translate.runtime.files import copy_file
 
 log = logging.getLogger(__name__)
 

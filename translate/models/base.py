@@ -8,7 +8,7 @@
 
 A decoding state is a dict whose tensors — alone, in lists, or in NamedTuples — all have the batch
 in dim 0, so search can keep, drop or repeat sentences with `index_select(0, …)` without knowing
-the model (`translate.search.select`).  Nothing of a sentence is kept on the modules.
+the model (`translate.decoding.search.select`).  Nothing of a sentence is kept on the modules.
 `max_positions` is the longest sequence (source with its EOS, or target) the model can place, or None.
 
 Attention, for the models that have it (`has_attention`):

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from translate.errors import UserError
-from translate.files import atomic_write, fsync_directory, why_writing_failed
+from translate.runtime.errors import UserError
+from translate.runtime.files import atomic_write, fsync_directory, why_writing_failed
 
 FORMAT = 2
 
@@ -50,7 +50,7 @@ class TrainState:
     valid_seconds: float = 0.0
     tokens_trained: int = 0
     skipped_steps: int = 0  # fp16: updates the GradScaler skipped (gradients overflowed)
-    rng: dict = field(default_factory=dict)  # translate.runtime.rng_states() at the time of saving
+    rng: dict = field(default_factory=dict)  # translate.runtime.device.rng_states() at the time of saving
 
     def record_validation(self, bleu: float) -> bool:
         """Keep the best BLEU and count the validations since it (patience); True if this one is the best."""
@@ -130,7 +130,7 @@ def restore_training(
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    """Write atomically (translate.files.atomic_write): a crash or a full disk never leaves half a checkpoint."""
+    """Write atomically (runtime.files.atomic_write): a crash or a full disk never leaves half a checkpoint."""
     path = Path(path)
     try:
         with atomic_write(path) as f:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from translate.validate import write_validation
+from translate.evaluation.validation import write_validation
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TrainingProgress:
     """Sums the training NLL on the device between reports, so the loop syncs with the host only when it reports."""
 
     def __init__(self, writer, device: torch.device, dist=None):
-        """`dist` (translate.distributed.Distributed): the loss reported is the mean over every rank's tokens,
+        """`dist` (translate.runtime.ranks.Distributed): the loss reported is the mean over every rank's tokens,
         shown and written by rank 0 alone."""
         self.writer, self.device, self.dist = writer, device, dist
         self.enabled = dist is None or dist.is_main

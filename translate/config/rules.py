@@ -1,6 +1,6 @@
 """The ranges and choices of the config values, checked at start-up before any data is read.
 
-The schemas in `translate/config.py` fix each key's name and type (Hydra refuses unknown keys);
+The schemas in `translate/config/schema.py` fix each key's name and type (Hydra refuses unknown keys);
 these rules fix what values make sense: sizes above zero, probabilities in [0, 1], one of the
 known names.  `check_config` reports every value that breaks a rule in one line, with the default.
 """
@@ -12,14 +12,13 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from translate.config import ExportConfig, TrainConfig, TranslateConfig
+from translate.config.schema import SCHEDULES, ExportConfig, TrainConfig, TranslateConfig
 from translate.data.corpus import FORMATS
-from translate.errors import ConfigError
 from translate.models import MODELS, build_model
 from translate.models.attention import SCORERS
 from translate.models.rnn import CELLS
-from translate.optim import ADAM_KERNELS, SCHEDULES
-from translate.runtime import PRECISIONS
+from translate.runtime.device import ADAM_KERNELS, PRECISIONS
+from translate.runtime.errors import ConfigError
 
 Rule = tuple[Callable[[Any], bool], str]
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from translate.runtime import resolve_device
+from translate.runtime.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Everything that decides the next step is saved to `last.pt` at every validation 
 optimizer, schedule, and one `TrainState` (counters, epoch and position in its batch order,
 best score, patience, RNG states of every rank) — so a killed run resumes exactly.
 
-Data parallel (translate/distributed.py): every rank runs this loop on its share of each step's
+Data parallel (translate/runtime/ranks.py): every rank runs this loop on its share of each step's
 batches through DistributedDataParallel; rank 0 alone validates and writes, the others wait for it.
 """
 
@@ -16,21 +16,20 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from translate.allocator import describe_allocator
-from translate.checkpoint import (
+from translate.data.batching import EpochBatches, collate_examples, joining_probability, rank_shares, training_batches
+from translate.data.pipeline import prepare_data
+from translate.data.tokenizer import PAD
+from translate.evaluation.validation import attention_images, validate
+from translate.models import build_model, count_parameters
+from translate.runtime.allocator import describe_allocator
+from translate.runtime.checkpoints import (
     TrainState,
     keep_checkpoints,
     load_checkpoint,
     repair_best,
     save_checkpoint,
 )
-from translate.data.batching import EpochBatches, collate_examples, joining_probability, rank_shares, training_batches
-from translate.data.prepare import prepare_data
-from translate.data.tokenizer import PAD
-from translate.distributed import Distributed
-from translate.models import build_model, count_parameters
-from translate.progress import NonFiniteLossError, TrainingProgress, event_writers, show_validation
-from translate.runtime import (
+from translate.runtime.device import (
     autocast,
     resolve_device,
     resolve_precision,
@@ -39,8 +38,9 @@ from translate.runtime import (
     seed_everything,
     set_threads,
 )
-from translate.update import Updater
-from translate.validate import attention_images, validate
+from translate.runtime.ranks import Distributed
+from translate.training.progress import NonFiniteLossError, TrainingProgress, event_writers, show_validation
+from translate.training.update import Updater
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import torch
 from translate.data.batching import collate
 from translate.data.corpus import Pairs
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
-from translate.loss import sequence_loss
-from translate.metrics import corpus_scores
+from translate.decoding.search import Hypothesis, translate_ids
+from translate.evaluation.metrics import corpus_scores
+from translate.evaluation.plots import attention_figure
 from translate.models.base import Seq2SeqModel
-from translate.plots import attention_figure
-from translate.search import Hypothesis, translate_ids
+from translate.models.loss import sequence_loss
 
 LOSS_BATCH = 64  # sentences per teacher-forced batch
 
@@ -29,7 +29,7 @@ LOSS_BATCH = 64  # sentences per teacher-forced batch
 @dataclass
 class Validation:
     loss: float  # mean NLL per target token (no label smoothing), over all pairs
-    scores: dict  # translate.metrics.corpus_scores of the decoded pairs: bleu, chrf and their signatures
+    scores: dict  # translate.evaluation.metrics.corpus_scores of the decoded pairs: bleu, chrf and their signatures
     sources: list[list[int]]  # the decoded sources' subword ids
     hyps: list[Hypothesis]  # best hypothesis per decoded source
     hypotheses: list[str]  # the same, detokenized
@@ -75,7 +75,7 @@ def validate(
 ) -> Validation:
     """Loss and perplexity over all `pairs`; BLEU and chrF of the first `decode_first` (0: all) decoded with
     `decoding` (translate_ids keywords; greedy by default), the best of each n-best list scored.
-    `autocast` is a context factory (translate.runtime.autocast) for the model's arithmetic."""
+    `autocast` is a context factory (translate.runtime.device.autocast) for the model's arithmetic."""
     model.eval()
     src, tgt = tokenizer.encode(pairs.src), tokenizer.encode(pairs.tgt)
     loss = target_nll(model, src, tgt, loss_chunk, autocast)

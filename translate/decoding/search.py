@@ -176,9 +176,15 @@ def beam_search(
     return [sorted(hyps, key=lambda h: h.normalized, reverse=True)[:n_best] for hyps in finished]
 
 
-def source_limit(model: Seq2SeqModel) -> int | None:
-    """Source tokens the model can read, its EOS not counted; None for no limit."""
+def source_limit(model) -> int | None:
+    """Source tokens a model (ours or a CT2Model) can read, its EOS not counted; None for no limit."""
     return None if model.max_positions is None else model.max_positions - 1
+
+
+def check_n_best(beam_size: int, n_best: int) -> None:
+    """n-best lists come from beam search: refuse n_best > 1 with greedy decoding."""
+    if beam_size == 1 and n_best != 1:
+        raise ValueError(f"n_best={n_best} needs beam search; set beam_size >= n_best")
 
 
 @torch.no_grad()
@@ -199,14 +205,13 @@ def translate_ids(
     """Decode many tokenized sentences in length-sorted batches; results come back in input order.
 
     A source longer than the model can place is cut to `source_limit(model)` tokens, an output to
-    `model.max_positions` (callers warn: `translate.evaluate.translate_texts`).
+    `model.max_positions` (callers warn: `translate.decoding.inference.translate_texts`).
 
     beam_size 1 is greedy search.  Returns `n_best` hypotheses per sentence, flat and best
     first: those of sentence i are results[i * n_best : (i + 1) * n_best].
     `batch_tokens` counts source tokens × beam_size, so a batch's decoding rows stay bounded.
     """
-    if beam_size == 1 and n_best != 1:
-        raise ValueError(f"n_best={n_best} needs beam search; set beam_size >= n_best")
+    check_n_best(beam_size, n_best)
     device, limit = next(model.parameters()).device, model.max_positions
     sources = [s[: source_limit(model)] for s in sources]
     results: list[list[Hypothesis]] = [[] for _ in sources]

@@ -11,7 +11,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from translate.errors import UserError
+from translate.runtime.errors import UserError
 
 LOCK_NAME = ".lock"
 

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
-SCHEDULES = ("inverse_sqrt", "constant")
+from translate.config.schema import SCHEDULES
+from translate.runtime.device import ADAM_KERNELS
 
 
 def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:

@@ -1,7 +1,7 @@
-"""Decoding with a CTranslate2 export (translate/export.py writes it): `make translate RUN=… engine=ct2`.
+"""Decoding with a CTranslate2 export (translate/decoding/ct2_export.py writes it): `make translate RUN=… engine=ct2`.
 
 `CT2Model` wraps a `ctranslate2.Translator` with the run's tokenizer and decodes under the same rules as our own
-search (translate/search.py): the source cut at the model's position limit, the output limit ratio × source
+search (translate/decoding/search.py): the source cut at the model's position limit, the output limit ratio × source
 tokens (EOS included) + offset, greedy for beam_size 1, else beam search ranked by the GNMT length penalty.
 """
 
@@ -12,12 +12,17 @@ from pathlib import Path
 
 import torch
 
-from translate.checkpoint import find_checkpoint
 from translate.data.tokenizer import EOS, Tokenizer
-from translate.errors import ConfigError, UserError
-from translate.evaluate import decoding_options
-from translate.export import LONG_SOURCE, METADATA, TOKENIZER, export_command, export_dir, import_ctranslate2
-from translate.search import Hypothesis, gnmt_length_penalty, max_output_lengths
+from translate.decoding.ct2_export import (
+    METADATA,
+    TOKENIZER,
+    export_command,
+    export_dir,
+    import_ctranslate2,
+)
+from translate.decoding.search import Hypothesis, check_n_best, gnmt_length_penalty, max_output_lengths, source_limit
+from translate.runtime.checkpoints import find_checkpoint
+from translate.runtime.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +55,6 @@ class CT2Model:
             str(self.directory), device=device, device_index=index, intra_threads=threads or torch.get_num_threads()
         )
 
-    def source_limit(self) -> int:
-        """Source tokens the model can read, its EOS not counted (as translate.search.source_limit)."""
-        return self.max_positions - 1
-
     def _hypotheses(self, result, beam_size: int, length_penalty: float, n_best: int) -> list[Hypothesis]:
         found = []
         for pieces, score in zip(result.hypotheses, result.scores):
@@ -81,13 +82,12 @@ class CT2Model:
         length_penalty: float = 0.6,
         n_best: int = 1,
     ) -> list[Hypothesis]:
-        """`translate.search.translate_ids` through CTranslate2: `n_best` hypotheses per source, flat, in input
+        """`translate.decoding.search.translate_ids` through CTranslate2: `n_best` hypotheses per source, flat, in input
         order.  Sentences are decoded in groups that share an output limit (CTranslate2 takes one per call)."""
-        if beam_size == 1 and n_best != 1:
-            raise ValueError(f"n_best={n_best} needs beam search; set beam_size >= n_best")
+        check_n_best(beam_size, n_best)
         if not sources:
             return []
-        sources = [s[: self.source_limit()] for s in sources]
+        sources = [s[: source_limit(self)] for s in sources]
         lengths = torch.tensor([len(s) + 1 for s in sources])  # + EOS, as the source mask counts
         mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
         limits = max_output_lengths(mask, max_len_ratio, max_len_offset).clamp(max=self.max_positions).tolist()
@@ -112,18 +112,6 @@ class CT2Model:
             for i, result in zip(indices, outputs):
                 results[i] = self._hypotheses(result, beam_size, length_penalty, n_best)
         return [h for nbest in results for h in nbest]
-
-    def translate_texts(
-        self, tokenizer, texts: list[str], ec, progress: bool = False, names: list[str] | None = None
-    ) -> list[str]:
-        """`translate.evaluate.translate_texts` through CTranslate2 (`tokenizer` is the export's own)."""
-        sources, limit = tokenizer.encode(texts), self.source_limit()
-        for i, ids in enumerate(sources):
-            if len(ids) > limit:
-                name = names[i] if names else f"sentence {i + 1}"
-                log.warning(LONG_SOURCE, name, len(ids), limit)
-        hyps = self.translate_ids(sources, **decoding_options(ec))
-        return tokenizer.decode([h.tokens for h in hyps])
 
 
 def load_export(run_dir: str | Path, quantization: str, ec) -> CT2Model:

@@ -8,12 +8,12 @@ from contextlib import nullcontext
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from translate.checkpoint import restore_training, training_checkpoint
 from translate.data.tokenizer import PAD
-from translate.distributed import Distributed
-from translate.loss import TrainingLoss
-from translate.optim import build_optimizer, build_scheduler
-from translate.runtime import heap_trimmer
+from translate.models.loss import TrainingLoss
+from translate.runtime.checkpoints import restore_training, training_checkpoint
+from translate.runtime.device import heap_trimmer
+from translate.runtime.ranks import Distributed
+from translate.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 

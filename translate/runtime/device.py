@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from translate.allocator import loaded_tcmalloc
-from translate.errors import ConfigError
+from translate.runtime.allocator import loaded_tcmalloc
+from translate.runtime.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,6 +27,8 @@ def set_threads(threads: int) -> None:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# trainer.adam_impl -> torch.optim.Adam's kernel: one fused kernel, one per op over all tensors, or a loop
+ADAM_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
 BF16_CPU_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}  # /proc/cpuinfo flag -> unit
 
 
@@ -76,7 +78,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def heap_trimmer():
-    """glibc's malloc_trim, or a no-op where there is none or the process runs on tcmalloc (translate.allocator).
+    """glibc's malloc_trim, or a no-op where there is none or the process runs on tcmalloc (runtime.allocator).
     Batch shapes change every step, so glibc's heap fragments and keeps freed pages; giving them back after each
     step cuts peak RSS by up to a quarter and costs up to 30 % of the step's speed (docs/performance.md)."""
     name = None if loaded_tcmalloc() else ctypes.util.find_library("c")

@@ -4,7 +4,7 @@ Every YAML file under ``configs/`` is merged onto one of these dataclasses, so
 an unknown key (``model.hiden_dim=…``) or a wrong type is an error at start-up,
 not a silently ignored setting.  Config groups mirror code modules:
 ``data`` → ``translate/data``, ``model`` → ``translate/models``,
-``trainer`` → ``translate/trainer.py``, ``eval`` → ``translate/evaluate.py``.
+``trainer`` → ``translate/training/trainer.py``, ``eval`` → ``translate/evaluate.py``.
 """
 
 import hashlib
@@ -16,6 +16,8 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+SCHEDULES = ("inverse_sqrt", "constant")  # trainer.schedule: translate.training.optim.learning_rate_factor
 
 
 @dataclass
@@ -118,7 +120,7 @@ class TrainerConfig:
     lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0
-    schedule: str = "inverse_sqrt"  # inverse_sqrt | constant
+    schedule: str = "inverse_sqrt"  # one of SCHEDULES
     warmup_steps: int = 1000
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 = no clipping

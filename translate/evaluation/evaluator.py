@@ -1,0 +1,141 @@
+"""Score a trained run on a set: the evaluation behind `make eval`.
+
+Decodes the test split (or any pair of plain-text files), detokenizes, and scores with sacreBLEU
+against the raw references: BLEU with its signature, chrF, loss and perplexity, and BLEU per
+source-length bucket, on the set and on its long-sentence probe.  Writes into <run>/eval/:
+<name>.json, the hypotheses <name>.hyp, the probe <name>_probe.{src,ref,hyp}, the figure
+<name>_bleu_by_length.png; and into the run's TensorBoard the scores, sample translations, attention
+images and the same figure.
+"""
+
+import json
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from translate.data.corpus import CorpusError, Pairs, read_pair_files
+from translate.data.pipeline import load_split
+from translate.data.probe import long_sentence_probe
+from translate.decoding.inference import decoding_options, load_run, translate_texts
+from translate.evaluation.metrics import bleu_by_length, corpus_scores
+from translate.evaluation.plots import bleu_by_length_figure, plt
+from translate.evaluation.validation import attention_images, validate, write_validation
+from translate.runtime.checkpoints import (
+    TrainState,
+)
+
+
+def evaluation_pairs(cfg, ec) -> tuple[str, Pairs]:
+    """The pairs to score and their name: eval.src/eval.ref files, or a split of the run's corpus."""
+    if ec.src or ec.ref:
+        if not (ec.src and ec.ref):
+            raise CorpusError("give both eval.src=<source file> and eval.ref=<reference file>")
+        pairs = read_pair_files(ec.src, ec.ref)
+        if not len(pairs):
+            raise CorpusError(f"{ec.src}: no lines to score; give files with sentences")
+        return ec.name or Path(ec.src).name.split(".")[0], pairs
+    if ec.split not in ("train", "valid", "test"):
+        raise CorpusError(f"unknown eval.split={ec.split!r}; choose test, valid or train")
+    return ec.name or ec.split, load_split(cfg.data, ec.split)
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def evaluate(run_dir: str | Path, ec) -> dict:
+    run_dir = Path(run_dir)
+    model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
+    step = TrainState.from_checkpoint(ckpt).step
+    name, pairs = evaluation_pairs(cfg, ec)
+    with tqdm(total=len(pairs), desc="decoding", dynamic_ncols=True) as bar:
+        scored = validate(model, tokenizer, pairs, cfg.trainer.loss_chunk, decoding=decoding_options(ec), progress=bar)
+    hypotheses = scored.hypotheses
+    probe = None
+    if ec.probe_k > 1:
+        probe_pairs, _ = long_sentence_probe(pairs, ec.probe_k, ec.probe_per_k)
+        probe_hyps = translate_texts(model, tokenizer, probe_pairs.src, ec)[:: ec.n_best]
+        probe = {
+            "k_max": ec.probe_k,
+            "per_k": ec.probe_per_k,
+            "sentences": len(probe_pairs),
+            **corpus_scores(probe_hyps, probe_pairs.tgt),
+            "bleu_by_length": bleu_by_length(
+                probe_pairs.src, probe_hyps, probe_pairs.tgt, list(ec.probe_length_buckets)
+            ),
+        }
+    result = {
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "checkpoint": ec.checkpoint,
+        "step": step,
+        "name": name,
+        "src_lang": cfg.data.src_lang,
+        "tgt_lang": cfg.data.tgt_lang,
+        "sentences": len(pairs),
+        "decoding": {
+            "search": "greedy" if ec.beam_size == 1 else f"beam{ec.beam_size}",
+            "beam_size": ec.beam_size,
+            "length_penalty": ec.length_penalty,
+            "n_best": ec.n_best,
+            "max_len_ratio": ec.max_len_ratio,
+            "max_len_offset": ec.max_len_offset,
+        },
+        **scored.scores,
+        "loss": round(scored.loss, 4),
+        "ppl": round(scored.ppl, 2),
+        "bleu_by_length": bleu_by_length(pairs.src, hypotheses, pairs.tgt, list(ec.length_buckets)),
+        "probe": probe,
+    }
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    write_lines(out / f"{name}.hyp", hypotheses)
+    if probe:  # the probe itself, for reading and for the report's bootstrap intervals
+        for suffix, lines in (("src", probe_pairs.src), ("ref", probe_pairs.tgt), ("hyp", probe_hyps)):
+            write_lines(out / f"{name}_probe.{suffix}", lines)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    figure = length_figure(result)
+    figure.savefig(out / f"{name}_bleu_by_length.png", dpi=110)
+    images = attention_images(model, tokenizer, scored, cfg.trainer.attention_maps, None, f"{name}, step {step}")
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        write_validation(writer, f"eval/{name}", step, scored, pairs, cfg.trainer.num_samples, images)
+        writer.add_figure(f"eval/{name}/bleu_by_length", figure, step)
+    plt.close("all")
+    return result
+
+
+def length_figure(result: dict):
+    """The run's BLEU by source length: the evaluated set and, if scored, its long-sentence probe."""
+    label = f"{result['model']} step {result['step']}, {result['decoding']['search']}"
+    panels = [(f"{result['name']} ({result['sentences']} sentences)", [(label, result["bleu_by_length"])])]
+    if result["probe"]:
+        panels.append(
+            (f"long-sentence probe (k = 1..{result['probe']['k_max']})", [(label, result["probe"]["bleu_by_length"])])
+        )
+    return bleu_by_length_figure(panels)
+
+
+def _bucket_lines(buckets: list[dict]) -> list[str]:
+    bleu = lambda b: "   -" if b["bleu"] is None else f"{b['bleu']:6.2f}"  # noqa: E731
+    return [f"  {b['min_words']:>3}-{b['max_words']:<4} {bleu(b)}  ({b['sentences']} sentences)" for b in buckets]
+
+
+def format_result(result: dict) -> str:
+    lines = [
+        f"{result['name']}: {result['sentences']} sentences, {result['model']} step {result['step']}, "
+        f"{result['decoding']['search']}",
+        f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})",
+        f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})",
+        f"loss {result['loss']:.3f}  perplexity {result['ppl']:.2f}  (teacher forced, per target token)",
+        "BLEU by source length (words):",
+        *_bucket_lines(result["bleu_by_length"]),
+    ]
+    if result.get("probe"):
+        probe = result["probe"]
+        lines.append(
+            f"long-sentence probe (k = 1..{probe['k_max']} consecutive pairs joined): "
+            f"BLEU {probe['bleu']:.2f}, by length:"
+        )
+        lines += _bucket_lines(probe["bleu_by_length"])
+    return "\n".join(lines)
