@@ -1,6 +1,7 @@
 """Data parallel training for real: torchrun, 2 ranks × 1 thread on gloo, against one process."""
 
 import json
+import logging
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ from conftest import tiny_synthetic
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.runtime.checkpoints import TrainState, load_checkpoint
+from translate.runtime.ranks import one_log_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -93,6 +95,49 @@ def test_only_rank_0_writes_and_its_checkpoint_evaluates_in_one_process(runs):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "BLEU" in done.stdout
+
+
+def test_one_log_per_job_rank_0s_with_the_world_size(runs):
+    """Both ranks' Hydra open <run dir>/train.log; only rank 0 writes its INFO lines there."""
+    lines = (runs["2 ranks"] / "train.log").read_text().splitlines()
+    assert sum("done: best valid BLEU" in line for line in lines) == 1
+    assert sum(" parameters on " in line for line in lines) == 1
+    world = [line for line in lines if "world size" in line]
+    assert len(world) == 1
+    assert "world size 2 ranks, accumulate 1, batch_tokens 600: about 1,200 target tokens per update" in world[0]
+    assert not any(line.startswith("[rank 1]") and "[INFO]" in line for line in lines)
+
+
+def test_a_rank_other_than_0_logs_warnings_only_tagged_with_its_rank(monkeypatch, tmp_path):
+    """one_log_per_job on rank 1 ($RANK, as torchrun sets it) with Hydra's train.log handler and format."""
+    root, file = logging.getLogger(), logging.FileHandler(tmp_path / "train.log")
+    file.setFormatter(logging.Formatter("[%(name)s][%(levelname)s] - %(message)s"))
+    saved = root.level, root.handlers[:]
+    root.handlers[:], logger = [file], logging.getLogger("translate.training.run")
+    root.setLevel(logging.INFO)
+    monkeypatch.setenv("RANK", "1")
+    try:
+        one_log_per_job()
+        one_log_per_job()  # again: one tag
+        logger.info("done: not on rank 1")
+        logger.warning("resuming with changed trainer settings")
+        logger.error("failed")
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+        file.close()
+    assert (tmp_path / "train.log").read_text().splitlines() == [
+        "[rank 1][translate.training.run][WARNING] - resuming with changed trainer settings",
+        "[rank 1][translate.training.run][ERROR] - failed",
+    ]
+
+
+def test_rank_0_logs_as_configured(monkeypatch):
+    root = logging.getLogger()
+    levels = root.level, [(h, h.level, h.formatter) for h in root.handlers]
+    monkeypatch.setenv("RANK", "0")
+    one_log_per_job()
+    assert (root.level, [(h, h.level, h.formatter) for h in root.handlers]) == levels
 
 
 def test_kill_9_of_every_rank_then_resume_equals_the_uninterrupted_run(runs, tmp_path):

@@ -18,7 +18,7 @@ from translate.evaluation.evaluator import evaluate, format_result
 from translate.runtime.checkpoints import CheckpointError
 from translate.runtime.errors import one_line_errors
 from translate.runtime.lock import run_lock
-from translate.runtime.ranks import Distributed, from_environment, shutdown
+from translate.runtime.ranks import Distributed, from_environment, one_log_per_job, shutdown
 from translate.runtime.signals import TrainingStopped
 from translate.training.run import SUMMARY, prepare_run_dir, train
 
@@ -47,6 +47,7 @@ def resume_command(run_dir: Path) -> str:
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
     dist, device = from_environment(cfg.trainer.device)
+    one_log_per_job(dist.rank)  # after Hydra's logging setup (each job of a multirun has its own)
     try:
         train_once(cfg, dist, device)
     finally:

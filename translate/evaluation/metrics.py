@@ -8,6 +8,9 @@ published ones; every score is reported with its sacreBLEU signature.
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
+_CORPUS_BLEU = BLEU()  # the corpus-BLEU settings (smoothing, n-gram order) that bleu_from_statistics reproduces
+BLEU_ORDER = _CORPUS_BLEU.max_ngram_order  # 4: n-gram orders in corpus BLEU and in the rows of bleu_statistics
+
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
     bleu, chrf = BLEU(), CHRF()
@@ -46,9 +49,32 @@ def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[s
 def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
     """[sentences, 2 + 2 * 4] BLEU sufficient statistics per sentence (lengths, n-gram matches and totals).
 
-    Corpus BLEU of any subset is BLEU of its summed rows; sacreBLEU's own paired bootstrap works the same way.
+    Corpus BLEU of any subset is BLEU of its summed rows (`bleu_from_statistics`); sacreBLEU's own paired
+    bootstrap works the same way. The statistics are read off sacreBLEU's public sentence scores, whose
+    counts are computed exactly as in its corpus score (effective_order only changes the sentence's score,
+    not its counts, and silences the warning sentence_score gives without it).
     """
-    return np.asarray(BLEU()._extract_corpus_statistics(hypotheses, [references]), dtype=np.int64)
+    bleu = BLEU(effective_order=True)
+    rows = []
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        s = bleu.sentence_score(hypothesis, [reference])
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), 2 + 2 * BLEU_ORDER)
+
+
+def bleu_from_statistics(stats: np.ndarray) -> float:
+    """Corpus BLEU (sacreBLEU's defaults: exp smoothing, 4-grams) of summed `bleu_statistics` rows."""
+    sys_len, ref_len, *counts = (int(x) for x in stats)
+    return BLEU.compute_bleu(
+        correct=counts[:BLEU_ORDER],
+        total=counts[BLEU_ORDER:],
+        sys_len=sys_len,
+        ref_len=ref_len,
+        smooth_method=_CORPUS_BLEU.smooth_method,
+        smooth_value=_CORPUS_BLEU.smooth_value,
+        effective_order=_CORPUS_BLEU.effective_order,
+        max_ngram_order=BLEU_ORDER,
+    ).score
 
 
 def lead_growth_interval(
@@ -65,13 +91,11 @@ def lead_growth_interval(
     Returns the growth and its 95 % paired-bootstrap interval: each resample draws sentences with
     replacement within each bucket, the same draw for both systems.
     """
-    bleu, rng = BLEU(), np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
 
     def lead(rows: np.ndarray) -> np.ndarray:  # rows: [resamples, n] -> [resamples]
         sums = zip(system[rows].sum(1), baseline[rows].sum(1))
-        return np.array(
-            [bleu._compute_score_from_stats(a).score - bleu._compute_score_from_stats(b).score for a, b in sums]
-        )
+        return np.array([bleu_from_statistics(a) - bleu_from_statistics(b) for a, b in sums])
 
     point = lead(np.array([long])) - lead(np.array([short]))
     growth = lead(rng.choice(long, size=(resamples, len(long)))) - lead(rng.choice(short, size=(resamples, len(short))))

@@ -7,9 +7,11 @@ the process group uses nccl on CUDA and gloo on CPU.
 Every rank builds the same batch order (seed and epoch); a step takes world_size × trainer.accumulate
 consecutive batches of it, and rank r trains on its own `accumulate` of them, so the effective batch is
 N × accumulate × trainer.batch_tokens and every rank takes the same number of steps.  Rank 0 alone
-writes the run directory.  Without those variables everything here is a no-op for one process.
+writes the run directory, and alone logs below WARNING (one_log_per_job): the others' warnings and errors
+carry `[rank N]`.  Without those variables everything here is a no-op for one process.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -96,6 +98,33 @@ def from_environment(device_name: str) -> tuple[Distributed, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, world_size, local_rank), device
+
+
+class RankTag(logging.Formatter):
+    """A handler's own format, each record begun with `[rank N]`."""
+
+    def __init__(self, rank: int, inner: logging.Formatter | None):
+        super().__init__()
+        self.rank, self.inner = rank, inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        return f"[rank {self.rank}]{'' if text.startswith('[') else ' '}{text}"  # Hydra's format: [time][name]…
+
+
+def one_log_per_job(rank: int | None = None) -> None:
+    """One log for the job, rank 0's: on any other rank the root logger and its handlers (Hydra's console and
+    <run dir>/train.log, which every rank's Hydra opens) take warnings and errors only, each tagged `[rank N]`.
+    `rank`: $RANK (torchrun's) if None.  Call it after Hydra has configured logging; calling it again is harmless."""
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    if rank == 0:
+        return
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
+    for handler in root.handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))  # a logger with its own level still reaches them
+        if not isinstance(handler.formatter, RankTag):
+            handler.setFormatter(RankTag(rank, handler.formatter))
 
 
 def shutdown() -> None:

@@ -76,6 +76,13 @@ class Trainer:
         self.writer, self.time_writer = event_writers(self.run_dir, state.step, state.train_seconds, self.main)
         params, precision = f"{self.num_parameters:,}", f"{self.precision} ({why}), allocator {describe_allocator()}"
         log.info("model %s: %s parameters on %s, precision %s", cfg.model.name, params, self.device, precision)
+        ranks, accumulate, cap = self.dist.world_size, self.tc.accumulate, self.tc.batch_tokens
+        world = f"world size {ranks} rank{'' if ranks == 1 else 's'}, accumulate {accumulate}, batch_tokens {cap}"
+        log.info(
+            "%s: about %s target tokens per update (batch_tokens caps each batch)",
+            world,
+            f"{ranks * accumulate * cap:,}",
+        )
 
     # ---- state -------------------------------------------------------------------------------
     def load_state(self, path: Path) -> None:
