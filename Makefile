@@ -25,7 +25,7 @@ LEVER_SETTINGS = "model=transformer_ref trainer.precision=fp32" "model=transform
 	"TRANSLATE_MALLOC=system model=transformer_ref trainer.precision=bf16 trainer.release_memory=false" \
 	"TRANSLATE_MALLOC=system model=rnn_attention_ref trainer.precision=fp32"
 
-.PHONY: help install prepare train eval translate export average compare report bench bench-peers levers tensorboard test lint clean
+.PHONY: help install prepare train eval translate export average compare report bench bench-peers levers tensorboard test test-fast lint clean
 .DEFAULT_GOAL := help
 
 help:  ## this list
@@ -73,22 +73,25 @@ report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the compariso
 	@test -n "$(RUNS)" || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report]'; exit 2; }
 	$(PY) -m translate.report $(RUNS) --out $(OUT)
 
-bench: $(ENV)  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/benchmark.{md,json}
+bench: $(ENV)  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/bench/benchmark.{md,json}
 	$(PY) scripts/benchmark.py $(RUNS)
 
-bench-peers: $(ENV)  ## this project against JoeyNMT 2.3 in one run (its own venv in data/cache/peers) -> docs/peers.{md,json}
+bench-peers: $(ENV)  ## this project against JoeyNMT 2.3 in one run (its own venv in data/cache/peers) -> docs/bench/peers.{md,json}
 	$(PY) scripts/bench_peers.py $(if $(UPDATES),--updates $(UPDATES))
 
-levers: $(ENV)  ## each speed lever on and off (docs/performance.md) -> docs/levers.{md,json}, docs/levers_train.{md,json}
+levers: $(ENV)  ## each speed lever on and off (docs/performance.md) -> docs/bench/levers.{md,json}, docs/bench/levers_train.{md,json}
 	$(PY) scripts/levers.py
-	$(PY) scripts/benchmark.py --out docs/levers_train --train $(LEVER_SETTINGS)
+	$(PY) scripts/benchmark.py --out docs/bench/levers_train --train $(LEVER_SETTINGS)
 
 tensorboard: $(ENV)  ## serve every run under runs/ on this machine only; HOST=0.0.0.0 serves the network
 	@echo "TensorBoard on http://$(HOST):$(PORT)/ (runs/)"
 	$(VENV)/bin/tensorboard --logdir runs --host $(HOST) --port $(PORT)
 
-test: $(ENV)  ## the test suite
-	$(PY) -m pytest -q
+test: $(ENV)  ## the whole test suite (CI's), two workers
+	$(PY) -m pytest -q -n 2
+
+test-fast: $(ENV)  ## the quick tier: every test but the slow ones (training, processes, installs), for the inner loop
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: $(ENV)  ## ruff: lint and format check
 	$(VENV)/bin/ruff check translate tests scripts

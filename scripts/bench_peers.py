@@ -1,9 +1,9 @@
 """This project against JoeyNMT 2.3, side by side in one run on this machine: `make bench-peers`.
 
-    python scripts/bench_peers.py [--updates 300] [--repeats 1] [--no-fp32] [--out docs/peers]
+    python scripts/bench_peers.py [--updates 300] [--repeats 1] [--no-fp32] [--out docs/bench/peers]
 
-About an hour on 2 cores with the defaults (JoeyNMT trains at ~850-1,050 target tokens/s here); docs/peers.md was
-made with --updates 300 --repeats 3 (53 minutes).
+About an hour on 2 cores with the defaults (JoeyNMT trains at ~850-1,050 target tokens/s here); docs/bench/peers.md
+was made with --updates 300 --repeats 3 (53 minutes).
 
 JoeyNMT goes into a virtual environment of its own under data/cache/peers/ (pinned so that it installs with
 today's libraries: importlib_metadata, a SentencePiece that still has SetVocabulary, this project's torch).  Both
@@ -34,9 +34,11 @@ from pathlib import Path
 import sacrebleu
 import torch
 import yaml
-from benchmark import compose_settings, cpu_name
 
+from translate.config.schema import train_config
+from translate.evaluation.tables import markdown_table
 from translate.runtime.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment
+from translate.runtime.host import describe_host, host_line
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "data" / "cache" / "peers"
@@ -45,20 +47,6 @@ JOEYNMT_PINS = [JOEYNMT, "importlib_metadata", "sentencepiece==0.1.99"]  # 0.2.x
 ROLES = {"train": "train", "dev": "valid", "test": "test"}  # JoeyNMT's split names -> this project's
 DEV_SENTENCES = 100  # decoded at the one validation, at the end of training; both tools leave it out of tokens/s
 OURS = {"transformer": "model=transformer_ref", "rnn_attention": "model=rnn_attention_ref"}
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def host() -> dict:
-    from translate.runtime.device import cpu_flags
-
-    flags = cpu_flags()
-    return {
-        "cpu": cpu_name(),
-        "flags": [f for f in CPU_FLAGS if f in flags],
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
 
 
 def run_measured(command: list[str], log: Path, cwd: Path = ROOT, env: dict | None = None) -> tuple[float, float]:
@@ -297,27 +285,26 @@ def verdicts(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    h = report["host"]
-    lines = [
-        f"Host: {h['cpu']}, {h['cores']} cores, flags {' '.join(h['flags'])}, torch {h['torch']}, {h['threads']} "
-        f"threads. `make bench-peers` ({report['updates']} updates each, decoding repeated {report['repeats']}×, "
-        f"medians), {report['date']}; every ratio from this one run.",
-        "",
-        "| tool | model | precision | train target tok/s | × JoeyNMT | train peak MiB | greedy sent/s | × | "
-        "beam 5 sent/s | × | decode peak MiB | BLEU greedy / beam 5 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    header = ["tool", "model", "precision", "train target tok/s", "× JoeyNMT", "train peak MiB", "greedy sent/s", "×"]
+    header += ["beam 5 sent/s", "×", "decode peak MiB", "BLEU greedy / beam 5"]
+    rows = []
     for r in report["rows"]:
         x = r.get("ratios", {})
         cell = lambda key, x=x: f"{x[key]:.2f}×" if key in x else ""
         decode = [f"{r[b]['sentences_per_s']:,.1f}" if b in r else "" for b in ("beam1", "beam5")]
         peak = f"{max(r[b]['peak_rss_mib'] for b in ('beam1', 'beam5')):,.0f}" if "beam1" in r else ""
         bleu = f"{r['beam1']['bleu']:.2f} / {r['beam5']['bleu']:.2f}" if "beam1" in r else ""
-        lines.append(
-            f"| {r['tool']} | {r['model']} | {r.get('precision', 'fp32')} | {r['train_tokens_per_s']:,.0f} | "
-            f"{cell('train_tokens_per_s')} | {r['train_peak_mib']:,.0f} | {decode[0]} | {cell('beam1')} | "
-            f"{decode[1]} | {cell('beam5')} | {peak} | {bleu} |"
+        rows.append(
+            [r["tool"], r["model"], r.get("precision", "fp32"), f"{r['train_tokens_per_s']:,.0f}"]
+            + [cell("train_tokens_per_s"), f"{r['train_peak_mib']:,.0f}", decode[0], cell("beam1")]
+            + [decode[1], cell("beam5"), peak, bleu]
         )
+    lines = [
+        f"Host: {host_line(report['host'])}. `make bench-peers` ({report['updates']} updates each, decoding repeated "
+        f"{report['repeats']}×, medians), {report['date']}; every ratio from this one run.",
+        "",
+        markdown_table(header, rows, align="lll" + "r" * 8 + "l"),
+    ]
     lines += ["", "Against the targets of issue #19:", "", *verdicts(report), ""]
     why = next(r["why"] for r in report["rows"] if r.get("why"))
     lines += [f"`trainer.precision=auto` chose {report['rows'][1]['precision']} here: {why}."]
@@ -328,7 +315,6 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=1, help="decoding repeats (median)")
@@ -337,7 +323,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, help="decode only the first N test sentences (default: all)")
     parser.add_argument("--work", type=Path, default=CACHE, help="runs, logs and corpus copies go here")
     parser.add_argument("--venv", type=Path, default=CACHE / "joeynmt-2.3", help="JoeyNMT's virtual environment")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "peers")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "peers")
     parser.add_argument(
         "--peer-malloc", choices=["system", "tcmalloc"], default="system", help="JoeyNMT's allocator (default: glibc's)"
     )
@@ -345,10 +331,9 @@ def main() -> None:
     args.overrides = [f"data.test_limit={args.sentences}"] if args.sentences else []
     args.dev = min(DEV_SENTENCES, args.sentences or DEV_SENTENCES)
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg = compose_settings(" ".join([OURS["transformer"], *args.overrides]), args.updates)
     python = joeynmt_python(args.venv)
     report = {
-        "host": host(),
+        "host": describe_host(),
         "updates": args.updates,
         "repeats": args.repeats,
         "date": time.strftime("%Y-%m-%d"),
@@ -356,6 +341,7 @@ def main() -> None:
     }
     for name in args.models:
         ours, run = our_side(name, args)
+        cfg = train_config(run / "config.yaml")  # JoeyNMT gets the settings our side trained with
         data = joeynmt_data(cfg, run / "tokenizer.model", args.work, args.dev)
         peer = joeynmt_side(name, python, data, cfg, args)
         rows = [peer, ours]

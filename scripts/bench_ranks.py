@@ -1,6 +1,6 @@
 """Data parallel ranks against threads on one machine, measured in one run.
 
-    python scripts/bench_ranks.py [--steps 60] [--ranks 2] [--out docs/ranks]
+    python scripts/bench_ranks.py [--steps 60] [--ranks 2] [--out docs/bench/ranks]
 
 Trains the default Transformer on Multi30k de→en for --steps updates of the same effective batch
 (ranks × 2,048 tokens per update) two ways, one after the other: torchrun with --ranks ranks of
@@ -11,16 +11,14 @@ peak RSS of the largest process, and the host.
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from translate.runtime.device import cpu_flags
+from translate.evaluation.tables import markdown_table
+from translate.runtime.host import describe_host, host_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs a command and prints the peak RSS (kB) of the largest process it started, ranks included
@@ -55,24 +53,11 @@ def train(run_dir: Path, steps: int, ranks: int, threads: int, batch_tokens: int
     }
 
 
-def host() -> str:
-    name = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    units = sorted(flag for flag in cpu_flags() if flag.startswith(("avx512", "amx")) or flag == "avx2")
-    return f"{name}, {torch.get_num_threads()} cores, {' '.join(units) or 'no AVX'}, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "ranks")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "ranks")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,21 +66,22 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
-    result = {"host": host(), "rows": rows, "ranks_over_threads": round(ratio, 2)}
+    result = {"host": describe_host(), "rows": rows, "ranks_over_threads": round(ratio, 2)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    header = ["ranks × threads", "tokens per rank per batch", "target tokens/s", "peak RSS, largest process (MB)"]
+    table = [
+        [f"{r['ranks']} × {r['threads_per_rank']}", f"{r['batch_tokens_per_rank']:,}", f"{r['tokens_per_s']:,.0f}"]
+        + [f"{r['peak_rss_mb_largest_process']:,}"]
+        for r in rows
+    ]
     lines = [
         f"# {args.ranks} ranks × 1 thread against 1 process × {args.ranks} threads",
         "",
-        f"Host: {result['host']}. Default Transformer, Multi30k de→en, {args.steps} updates of "
+        f"Host: {host_line(result['host'])}. Default Transformer, Multi30k de→en, {args.steps} updates of "
         f"{args.ranks} × 2,048 tokens each way, one after the other (`python scripts/bench_ranks.py`).",
         "",
-        "| ranks × threads | tokens per rank per batch | target tokens/s | peak RSS, largest process (MB) |",
-        "|---|---|---|---|",
-        *(
-            f"| {r['ranks']} × {r['threads_per_rank']} | {r['batch_tokens_per_rank']:,} | {r['tokens_per_s']:,.0f} | "
-            f"{r['peak_rss_mb_largest_process']:,} |"
-            for r in rows
-        ),
+        markdown_table(header, table),
         "",
         f"Ranks over threads: {ratio:.2f}×.",
         "",

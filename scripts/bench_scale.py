@@ -1,6 +1,6 @@
 """What corpus size costs: Multi30k's training split repeated 1×, 10×, 100× (29 k → 2.9 M pairs), measured in one run.
 
-    python scripts/bench_scale.py [--scales 1 10 100] [--steps 40] [--work runs/bench_scale] [--out docs/scale]
+    python scripts/bench_scale.py [--scales 1 10 100] [--steps 40] [--work runs/bench_scale] [--out docs/bench/scale]
 
 For each scale, with `data=files` on a directory holding the repeated training files (Multi30k's own validation
 and test sets):
@@ -18,14 +18,14 @@ Prints and writes <out>.md / <out>.json with the host.
 import argparse
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_ranks import host
+from translate.evaluation.tables import markdown_table
+from translate.runtime.host import describe_host, host_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
@@ -164,53 +164,52 @@ def bench(scale: int, steps: int, work: Path, ranks: int) -> dict:
     return row
 
 
-def markdown(rows: list[dict], earlier: list[dict], machine: str, steps: int) -> str:
+def markdown(rows: list[dict], earlier: list[dict], machine: dict, steps: int) -> str:
     one = [r for r in rows if r["ranks"] == 1]
     two = [r for r in rows if r["ranks"] > 1]
-    lines = [
-        f"Host: {machine}. `python scripts/bench_scale.py` — {steps} updates of the default Transformer per "
-        "training row; memory sampled every 0.2 s (peaks).",
-        "",
-        "| training pairs | prepare (cold) | second start | store on disk | peak RSS | own (anon) | mapped (file) "
-        "| target tokens/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    header = ["training pairs", "prepare (cold)", "second start", "store on disk", "peak RSS", "own (anon)"]
+    table = [
+        [f"{r['pairs']:,}", f"{r['prepare_s']:.1f} s", f"{r['second_start_s']:.1f} s", f"{r['store_mb']:.1f} MB"]
+        + [f"{r['peak_rss_mb']:,} MB", f"{r['peak_anon_mb'][0]:,} MB", f"{r['peak_file_mb'][0]:,} MB"]
+        + [f"{r['tokens_per_s']:,.0f}"]
+        for r in one
     ]
-    for r in one:
-        lines.append(
-            f"| {r['pairs']:,} | {r['prepare_s']:.1f} s | {r['second_start_s']:.1f} s | {r['store_mb']:.1f} MB "
-            f"| {r['peak_rss_mb']:,} MB | {r['peak_anon_mb'][0]:,} MB | {r['peak_file_mb'][0]:,} MB "
-            f"| {r['tokens_per_s']:,.0f} |"
-        )
+    lines = [
+        f"Host: {host_line(machine)}. `python scripts/bench_scale.py` — {steps} updates of the default Transformer "
+        "per training row; memory sampled every 0.2 s (peaks).",
+        "",
+        markdown_table([*header, "mapped (file)", "target tokens/s"], table, align="r" * 8),
+    ]
     if two:
+        header = ["training pairs", "own (anon) per rank", "mapped (file) per rank", "PSS, both ranks"]
+        table = [
+            [f"{r['pairs']:,}", " / ".join(f"{v:,}" for v in r["peak_anon_mb"]) + " MB"]
+            + [" / ".join(f"{v:,}" for v in r["peak_file_mb"]) + " MB", f"{r['peak_pss_sum_mb']:,} MB"]
+            + [f"{r['tokens_per_s']:,.0f}"]
+            for r in two
+        ]
         lines += [
             "",
             "Two data-parallel ranks × 1 thread (torchrun, gloo), 2,048 tokens per rank:",
             "",
-            "| training pairs | own (anon) per rank | mapped (file) per rank | PSS, both ranks | target tokens/s |",
-            "|---:|---:|---:|---:|---:|",
+            markdown_table([*header, "target tokens/s"], table, align="r" * 5),
         ]
-        for r in two:
-            anon = " / ".join(f"{v:,}" for v in r["peak_anon_mb"])
-            mapped = " / ".join(f"{v:,}" for v in r["peak_file_mb"])
-            lines.append(
-                f"| {r['pairs']:,} | {anon} MB | {mapped} MB | {r['peak_pss_sum_mb']:,} MB | {r['tokens_per_s']:,.0f} |"
-            )
     if earlier:
+        now = {r["scale"]: r for r in one}
+        table = [
+            [f"{r['pairs']:,}", f"{r['peak_rss_mb']:,} MB", f"{now[r['scale']]['peak_rss_mb']:,} MB"]
+            + [f"{r['peak_anon_mb'][0]:,} MB", f"{now[r['scale']]['peak_anon_mb'][0]:,} MB"]
+            for r in earlier
+        ]
         lines += [
             "",
             f"The same training with the code before the store (`{earlier[0]['revision']}`: every run read and "
             "encoded the corpus into Python lists), measured in the same run:",
             "",
-            "| training pairs | peak RSS before | now | own (anon) before | now |",
-            "|---:|---:|---:|---:|---:|",
+            markdown_table(
+                ["training pairs", "peak RSS before", "now", "own (anon) before", "now"], table, align="r" * 5
+            ),
         ]
-        now = {r["scale"]: r for r in one}
-        for r in earlier:
-            n = now[r["scale"]]
-            lines.append(
-                f"| {r['pairs']:,} | {r['peak_rss_mb']:,} MB | {n['peak_rss_mb']:,} MB | {r['peak_anon_mb'][0]:,} MB "
-                f"| {n['peak_anon_mb'][0]:,} MB |"
-            )
         lines += [
             "",
             "(Tokens/s are not compared with the earlier code: its summary left the last validation's time out of "
@@ -224,7 +223,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_scale")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scale")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "scale")
     parser.add_argument("--before", help="also train with the code of this git revision (smallest, largest scale)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -247,8 +246,9 @@ def main() -> None:
             done[key] = before(scale, args.steps, args.work, args.before)
             done_file.write_text(json.dumps(done, indent=1))
         earlier.append(done[key])
-    machine = host() + f", {os.cpu_count()} CPUs visible"
+    machine = describe_host()
     text = markdown(rows, earlier, machine, args.steps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
     result = {"host": machine, "rows": rows, "before": earlier}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

@@ -1,6 +1,6 @@
 """Speed, memory and FLOPs utilisation of training and decoding on this machine.
 
-    python scripts/benchmark.py [RUN_DIR...] [--train "OVERRIDES" ...] [--train-steps 20] [--out docs/benchmark]
+    python scripts/benchmark.py [RUN_DIR...] [--train "OVERRIDES" ...] [--train-steps 20] [--out docs/bench/benchmark]
 
 Training rows: one per setting, a string of Hydra overrides of the training config
 ("model=transformer_ref trainer.precision=bf16"); the default settings are the three
@@ -18,7 +18,6 @@ measurement runs in its own process, so peak memory is its own.  Writes <out>.js
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -31,7 +30,9 @@ from pathlib import Path
 
 import torch
 
+from translate.evaluation.tables import markdown_table
 from translate.runtime.allocator import describe_allocator, malloc_environment, preload_tcmalloc
+from translate.runtime.host import describe_host, host_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
@@ -67,22 +68,6 @@ def matmul_peak_gflops(dtype: torch.dtype, max_size: int = 2048, repeats: int = 
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def cpu_name() -> str:
-    """The CPU's model name and its bf16 matmul units (AMX or AVX512-BF16), which decide what bf16 buys."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-        platform.machine(),
-    )
-    from translate.runtime.device import BF16_CPU_FLAGS, cpu_flags
-
-    units = [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in cpu_flags()]
-    return f"{name} ({', '.join(units) or 'no bf16 units'})"
-
-
 def compose_settings(setting: str, steps: int):
     from hydra import compose, initialize_config_dir
 
@@ -112,16 +97,14 @@ def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    flops, tokens, compiled = 0, 0, trainer.update.training_loss.compiled_features
-    trainer.update.training_loss.compiled_features = None  # count the eager model, compiled or not
+    flops, tokens = 0, 0
     for example in examples[:sample]:
         batch = trainer.collate([example])
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # MATH: SDPA as countable matmuls
-            loss, _ = trainer.update.loss(batch)
+            loss, _ = trainer.update.loss(batch, eager=True)  # the eager model, compiled or not
             loss.backward()
         flops, tokens = flops + counter.get_total_flops(), tokens + batch.num_tgt_tokens
     trainer.update.optimizer.zero_grad(set_to_none=True)
-    trainer.update.training_loss.compiled_features = compiled
     return flops / tokens
 
 
@@ -262,44 +245,40 @@ def measure_one(what: str, target: str, args) -> dict:
 
 
 def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], args) -> str:
+    header = ["training setting", "parameters", "target tok/s", "peak MiB", "GFLOP / token", "MFU", "target padding"]
+    rows = [
+        [f"`{r['setting']}`", f"{r['parameters']:,}", f"{r['train_tokens_per_s']:,.0f}", f"{r['peak_rss_mib']:,.0f}"]
+        + [f"{r['gflops_per_token']:.3f}", f"{r['mfu']:.1%}", f"{r['target_padding']:.1%}", f"{r['collate_ms']:.1f}"]
+        for r in train_rows
+    ]
     lines = [
-        f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; matmul peak "
-        f"{machine['peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
-        f"{machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16; allocator {machine.get('allocator', 'glibc')}. "
+        f"Host: {host_line(machine)}; matmul peak {machine['peak_gflops']['float32']:,.0f} GFLOP/s fp32, "
+        f"{machine['peak_gflops']['bfloat16']:,.0f} GFLOP/s bf16. "
         f"Medians; training: {args.train_steps} steps after {args.warmup} warm-up, batch building included.",
         "",
-        "| training setting | parameters | target tok/s | peak MiB | GFLOP / token | MFU | target padding "
-        "| batch build ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table([*header, "batch build ms"], rows, align="l" + "r" * 7),
     ]
-    for r in train_rows:
-        lines.append(
-            f"| `{r['setting']}` | {r['parameters']:,} | {r['train_tokens_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} | "
-            f"{r['gflops_per_token']:.3f} | {r['mfu']:.1%} | {r['target_padding']:.1%} | {r['collate_ms']:.1f} |"
-        )
     for r in train_rows:
         if r.get("profile"):
             lines += ["", f"Where a training step's time goes, `{r['setting']}` (torch.profiler, self CPU time):", ""]
-            lines += ["| operator | calls / step | ms / step | share |", "|---|---:|---:|---:|"]
-            lines += [
-                f"| `{p['op']}` | {p['calls_per_step']:g} | {p['ms_per_step']:,.1f} | {p['share']:.1%} |"
+            ops = [
+                [f"`{p['op']}`", f"{p['calls_per_step']:g}", f"{p['ms_per_step']:,.1f}", f"{p['share']:.1%}"]
                 for p in r["profile"]
             ]
+            lines.append(markdown_table(["operator", "calls / step", "ms / step", "share"], ops, align="lrrr"))
     if decode_rows:
-        lines += [
-            "",
-            "| decoding (test split) | engine | "
-            + " | ".join(f"beam {b} sent/s | beam {b} tok/s | beam {b} BLEU" for b in args.beams)
-            + " | peak MiB |",
-            "|---|---|" + "---:|---:|---:|" * len(args.beams) + "---:|",
-        ]
+        header = ["decoding (test split)", "engine"]
+        header += [f"beam {b} {what}" for b in args.beams for what in ("sent/s", "tok/s", "BLEU")] + ["peak MiB"]
+        rows = []
         for r in decode_rows:
-            cells = " | ".join(
-                f"{d['sentences_per_s']:,.1f} | {d['tokens_per_s']:,.0f} | {d['bleu']:.2f}"
+            cells = [
+                cell
                 for d in (r[f"beam{b}"] for b in args.beams)
-            )
+                for cell in (f"{d['sentences_per_s']:,.1f}", f"{d['tokens_per_s']:,.0f}", f"{d['bleu']:.2f}")
+            ]
             peak = max(r[f"beam{b}"]["peak_rss_mib"] for b in args.beams)
-            lines.append(f"| {r['model']} (`{r['run']}`) | {r.get('engine', 'torch')} | {cells} | {peak:,.0f} |")
+            rows.append([f"{r['model']} (`{r['run']}`)", r.get("engine", "torch"), *cells, f"{peak:,.0f}"])
+        lines += ["", markdown_table(header, rows, align="ll" + "rrr" * len(args.beams) + "r")]
     return "\n".join(lines) + "\n"
 
 
@@ -312,7 +291,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, help="profile N more training steps: where the time goes")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmark"))
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "benchmark")
     parser.add_argument(
         "--engines", nargs="+", default=["torch"], help="decoding engines: torch, ct2, ct2-int8 (CTranslate2 exports)"
     )
@@ -325,9 +304,7 @@ def main() -> None:
     common = ["--train-steps", str(args.train_steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     common += ["--profile", str(args.profile)]
     peak = run_isolated(["peak", "-", *common])
-    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    machine["allocator"] = describe_allocator()
-    machine["peak_gflops"] = {k: peak[k] for k in ("float32", "bfloat16")}
+    machine = {**describe_host(), "peak_gflops": {k: peak[k] for k in ("float32", "bfloat16")}}
     train_rows, decode_rows = [], []
     for setting in DEFAULT_TRAIN if args.train is None else args.train:
         env, overrides = split_setting(setting)

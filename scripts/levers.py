@@ -1,6 +1,6 @@
 """Component timings behind docs/performance.md: each speed lever on, then off, in one process.
 
-    python scripts/levers.py [--repeats 7] [--out docs/levers]
+    python scripts/levers.py [--repeats 7] [--out docs/bench/levers]
 
 Levers that are config switches (precision, threads, Adam kernel, torch.compile, length
 bucketing) are measured on whole training steps by scripts/benchmark.py; the ones built
@@ -29,8 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from translate.evaluation.tables import markdown_table
 from translate.models.attention import AdditiveAttention, MultiHeadAttention, written_out_attention
 from translate.models.dropout import dropout as dropout_16bit
+from translate.runtime.allocator import preload_tcmalloc
+from translate.runtime.host import describe_host, host_line
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -147,7 +152,7 @@ def batch_lengths(bucketed: bool, seed: int = 0) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path("docs/levers"))
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "levers")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = {
@@ -162,22 +167,25 @@ def main() -> None:
         "dropout masks from 16-bit draws vs bernoulli_ (fp32)": dropout_lever(args.repeats, torch.float32),
         "dropout masks from 16-bit draws vs bernoulli_ (bf16)": dropout_lever(args.repeats, torch.bfloat16),
     }
-    lines = [
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward + backward, median of {args.repeats}.",
-        "",
-        "| lever | on (ms) | off (ms) | speed-up |",
-        "|---|---:|---:|---:|",
+    host = describe_host()
+    table = [
+        [name + (f" (padding {r['padding']:.0%})" if "padding" in r else ""), f"{r['on_ms']:.1f}", f"{r['off_ms']:.1f}"]
+        + [f"{r['off_ms'] / r['on_ms']:.2f}×"]
+        for name, r in rows.items()
     ]
-    for name, r in rows.items():
-        extra = f" (padding {r['padding']:.0%})" if "padding" in r else ""
-        lines.append(f"| {name}{extra} | {r['on_ms']:.1f} | {r['off_ms']:.1f} | {r['off_ms'] / r['on_ms']:.2f}× |")
+    lines = [
+        f"Host: {host_line(host)}. Forward + backward, median of {args.repeats}.",
+        "",
+        markdown_table(["lever", "on (ms)", "off (ms)", "speed-up"], table, align="lrrr"),
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
-        json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n"
+        json.dumps({"host": host, "threads": host["threads"], "rows": rows}, indent=2) + "\n"
     )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
+    preload_tcmalloc()  # measured on the allocator the commands run on (TRANSLATE_MALLOC=system: glibc's)
     main()

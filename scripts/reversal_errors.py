@@ -12,7 +12,6 @@ hypotheses, one per line, to RUN_DIR/eval/without_repeats.{src,hyp}.
 """
 
 import argparse
-import difflib
 import json
 import random
 from pathlib import Path
@@ -24,56 +23,12 @@ from translate.data.corpus import synthetic_symbols
 from translate.data.pipeline import load_split
 from translate.decoding.inference import load_run, translate_texts
 from translate.evaluation.evaluator import write_lines
-from translate.evaluation.metrics import bleu_by_length, corpus_scores, length_bucket
+from translate.evaluation.metrics import bleu_by_length, corpus_scores
+from translate.evaluation.reversal import error_table, without_repeats
+from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError, one_line_errors
 
 BUCKETS = [1, 10, 20, 30, 40, 50, 61]
-
-
-def repeat_sites(words: list[str]) -> set[int]:
-    """Positions whose symbol equals a neighbour's."""
-    return {i for i in range(len(words)) if (i and words[i - 1] == words[i]) or words[i + 1 : i + 2] == [words[i]]}
-
-
-def wrong_positions(ref: list[str], hyp: list[str]) -> set[int]:
-    """Reference positions not matched by the alignment of hyp to ref."""
-    matched = set()
-    for block in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_matching_blocks():
-        matched.update(range(block.a, block.a + block.size))
-    return set(range(len(ref))) - matched
-
-
-def without_repeats(source: str, rng: random.Random, symbols: list[str]) -> str:
-    words = source.split()
-    for i in range(1, len(words)):
-        while words[i] == words[i - 1]:
-            words[i] = rng.choice(symbols)
-    return " ".join(words)
-
-
-def error_table(sources: list[str], refs: list[str], hyps: list[str], buckets: list[int]) -> list[dict]:
-    rows = []
-    for lo, hi in zip(buckets, buckets[1:]):
-        bucket = length_bucket(sources, lo, hi)
-        n, exact = len(bucket), sum(refs[i] == hyps[i] for i in bucket)
-        sites = site_errors = others = other_errors = 0
-        for i in bucket:
-            r, h = refs[i].split(), hyps[i].split()
-            repeats, wrong = repeat_sites(r), wrong_positions(r, h)
-            sites, site_errors = sites + len(repeats), site_errors + len(repeats & wrong)
-            others, other_errors = others + len(r) - len(repeats), other_errors + len(wrong - repeats)
-        rows.append(
-            {
-                "bucket": f"{lo}-{hi - 1}",
-                "sentences": n,
-                "exact_percent": round(100 * exact / max(n, 1), 1),
-                "repeat_sites": sites,
-                "repeat_site_error_percent": round(100 * site_errors / max(sites, 1), 2),
-                "other_positions": others,
-                "other_error_percent": round(100 * other_errors / max(others, 1), 2),
-            }
-        )
-    return rows
 
 
 def analyse(run: Path, buckets: list[int]) -> dict:
@@ -117,16 +72,17 @@ def main() -> None:
         result = analyse(run, BUCKETS)
         (run / "eval" / "reversal_errors.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"\n{run} ({result['model']})")
-        print("| length | sentences | exact | error at repeat sites | elsewhere | no-repeat probe: BLEU | exact |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
         probe = result["without_repeats"]
-        for row, bleu, pr in zip(result["test"], probe["bleu_by_length"], probe["exact"]):
-            print(
-                f"| {row['bucket']} | {row['sentences']} | {row['exact_percent']} % "
-                f"| {row['repeat_site_error_percent']} % of {row['repeat_sites']} "
-                f"| {row['other_error_percent']} % of {row['other_positions']} | {score(bleu['bleu'])} "
-                f"| {pr['exact_percent']} % |"
-            )
+        header = ["length", "sentences", "exact", "error at repeat sites", "elsewhere"]
+        header += ["no-repeat probe: BLEU", "exact"]
+        table = [
+            [row["bucket"], row["sentences"], f"{row['exact_percent']} %"]
+            + [f"{row['repeat_site_error_percent']} % of {row['repeat_sites']}"]
+            + [f"{row['other_error_percent']} % of {row['other_positions']}", score(bleu["bleu"])]
+            + [f"{pr['exact_percent']} %"]
+            for row, bleu, pr in zip(result["test"], probe["bleu_by_length"], probe["exact"])
+        ]
+        print(markdown_table(header, table, align="l" + "r" * 6))
         print(f"no-repeat probe BLEU {probe['bleu']} (wrote {run / 'eval' / 'reversal_errors.json'})")
 
 

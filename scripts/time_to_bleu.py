@@ -13,6 +13,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.evaluation.plots import plt
+from translate.evaluation.tables import markdown_table
 
 
 def scalars(directory: Path, tag: str) -> list:
@@ -51,9 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     curves = {str(run): time_to_bleu(run) for run in args.runs}
     for run, rows in curves.items():
-        print(f"\n{run}\n\n| minutes | step | valid BLEU |\n|---:|---:|---:|")
-        for row in rows:
-            print(f"| {row['minutes']:.2f} | {row['step']} | {row['bleu']:.2f} |")
+        table = [[f"{row['minutes']:.2f}", row["step"], f"{row['bleu']:.2f}"] for row in rows]
+        print(f"\n{run}\n\n" + markdown_table(["minutes", "step", "valid BLEU"], table, align="rrr"))
     if args.png:
         draw(curves, args.png)
         print(f"\nwrote {args.png}")

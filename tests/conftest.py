@@ -10,7 +10,12 @@ from translate.data.corpus import SHARED_MULTI30K
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_configs()
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make test` runs two workers (pytest-xdist): each takes its share of the cores, and so do the processes it starts
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

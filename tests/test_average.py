@@ -139,16 +139,19 @@ def test_trainer_keeps_the_newest_numbered_checkpoints(tmp_path):
 
 
 def test_simulate_ema_decays_between_kept_checkpoints(run_dir):
-    """scripts/simulate_ema.py: e = w_100, then e = a·e + (1 − a)·w_s with a the product of the per-update decays."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from simulate_ema import decay_between, simulate
-
-    assert decay_between(0.99, 100, 200, False) == pytest.approx(0.99**100)
-    assert decay_between(0.999, 0, 2, True) == pytest.approx((2 / 11) * (3 / 12))  # warming up: t = 1, 2
-    assert decay_between(0.5, 10, 12, True) == pytest.approx(0.25)  # past the warm-up: the decay itself
+    """scripts/simulate_ema.py: e = w_100, then e = a·e + (1 − a)·w_s with a the product of the per-update decays
+    since the previous checkpoint: the decay itself, or with --warmup the trainer's min(decay, (1 + t) / (10 + t))."""
     parts = {s: torch.load(run_dir / f"step_{s}.pt", weights_only=True)["model"] for s in (100, 200, 300)}
-    simulated = simulate(run_dir, 0.99, warmup=False)["model"]
-    a = 0.99**100
-    for name, tensor in simulated.items():
-        expected = a * (a * parts[100][name] + (1 - a) * parts[200][name]) + (1 - a) * parts[300][name]
-        torch.testing.assert_close(tensor, expected, msg=name)
+    for warmup in ([], ["--warmup"]):
+        command = [sys.executable, "scripts/simulate_ema.py", str(run_dir), "0.99", "--out", "emasim_test", *warmup]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        simulated = torch.load(run_dir / "emasim_test.pt", weights_only=True)["model"]
+        (run_dir / "emasim_test.pt").unlink()
+        a = {100: 1.0, 200: 1.0}  # the products over updates 101 … 200 and 201 … 300
+        for start in a:
+            for t in range(start + 1, start + 101):
+                a[start] *= (1 + t) / (10 + t) if warmup else 0.99  # warming up: (1 + t) / (10 + t) < 0.99 here
+        for name, tensor in simulated.items():
+            older = a[100] * parts[100][name] + (1 - a[100]) * parts[200][name]
+            torch.testing.assert_close(tensor, a[200] * older + (1 - a[200]) * parts[300][name], msg=name)

@@ -5,12 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import SMALL_DATA, SMALL_MODELS
+from conftest import SMALL_DATA, SMALL_MODELS, compose_train, tiny_synthetic
 
+from translate.evaluation.tables import markdown_table
 from translate.runtime.allocator import find_tcmalloc
-from translate.runtime.device import native_bf16
+from translate.runtime.device import cpu_flags, native_bf16
+from translate.runtime.host import SPEED_FLAGS, describe_host, host_line
 from translate.training.run import train
+from translate.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,4 +63,41 @@ def test_benchmark_script(multi30k_dir, small_cfg, tmp_path):
         and decoded["beam1"]["sentences_per_s"] > 0
         and decoded["beam2"]["tokens_per_s"] > 0
     )
-    assert "| rnn_attention (" in out.with_suffix(".md").read_text() and "MFU" in out.with_suffix(".md").read_text()
+    text = out.with_suffix(".md").read_text()
+    assert "| rnn_attention (" in text and "MFU" in text
+    assert text.startswith(f"Host: {report['machine']['cpu']} (") and report["machine"]["torch"] in text.splitlines()[0]
+
+
+def test_markdown_tables_are_written_one_way():
+    table = markdown_table(["run", "BLEU", "note"], [["rnn", "21.40", ""], ["transformer", 30.5, "best"]], align="lrc")
+    assert table == "| run | BLEU | note |\n|---|---:|:---:|\n| rnn | 21.40 | |\n| transformer | 30.5 | best |"
+    assert markdown_table(["a", "b"], []) == "| a | b |\n|---|---|"
+    with pytest.raises(ValueError, match="a row of 1 cells"):
+        markdown_table(["a", "b"], [["x"]])
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["a", "b"], [], align="lx")
+
+
+def test_the_host_is_described_one_way():
+    host = describe_host()
+    assert host["cpu"] and host["cpus"] >= host["usable_cpus"] >= 1 and host["threads"] == torch.get_num_threads()
+    assert host["flags"] == [flag for flag in SPEED_FLAGS if flag in cpu_flags()] and host["torch"] == torch.__version__
+    assert bool(host["bf16_units"]) == native_bf16(torch.device("cpu"))
+    assert host["allocator"].startswith("tcmalloc" if find_tcmalloc() else "glibc malloc")  # what the commands run on
+    line = host_line(host)
+    assert line.startswith(f"{host['cpu']} (") and f"torch {host['torch']}, {host['allocator']}" in line
+    bare = {**host, "flags": [], "bf16_units": [], "cpus": 4, "usable_cpus": 1, "threads": 1, "memory_gib": None}
+    assert f"{host['cpu']} (no AVX2; no bf16 units), 4 CPUs (1 usable), 1 threads, torch" in host_line(bare)
+
+
+def test_the_eager_loss_is_the_training_loss(tmp_path):
+    """Updater.loss(batch, eager=True), what the benchmark counts FLOPs on: the same loss through the model's own
+    features (compiled or not)."""
+    trainer = Trainer(compose_train([*tiny_synthetic(64, 8, 8), "trainer.max_steps=1"]), tmp_path)
+    batch = trainer.collate(trainer.epoch_batches()[0])
+    losses = []
+    for eager in (False, True):
+        torch.manual_seed(0)  # the same dropout masks
+        losses.append(trainer.update.loss(batch, eager=eager))
+    trainer.close()
+    torch.testing.assert_close(losses[0], losses[1])

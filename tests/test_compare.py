@@ -119,8 +119,7 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
 
 
 def test_reversal_errors_count_repeat_sites_and_misaligned_positions():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from reversal_errors import error_table, repeat_sites, without_repeats, wrong_positions
+    from translate.evaluation.reversal import error_table, repeat_sites, without_repeats, wrong_positions
 
     assert repeat_sites("a b b c a a a".split()) == {1, 2, 4, 5, 6} and repeat_sites(["a"]) == set()
     assert wrong_positions("a b b c".split(), "a b c".split()) == {2}  # one of a pair dropped

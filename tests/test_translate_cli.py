@@ -187,17 +187,28 @@ def test_decoding_tuned_on_the_validation_set(run_dir):
     assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
 
 
-def test_a_grid_of_other_weights_replaces_the_earlier_one():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from tune_decoding import merge
+def test_a_grid_of_other_weights_replaces_the_earlier_one(run_dir, tmp_path):
+    """scripts/tune_decoding.py keeps an earlier grid's points only where they were tried on the same weights."""
+    weights = tmp_path / "other.pt"  # its grid goes to eval/decoding_on_valid_other.json, no other test's file
+    shutil.copy(run_dir / "best.pt", weights)
+    out = run_dir / "eval" / "decoding_on_valid_other.json"
+    tune = [sys.executable, "scripts/tune_decoding.py", str(run_dir), "--beams", "2", "--alphas", "0.6"]
+    tune += ["--checkpoint", str(weights)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def grid(steps, *points):
-        rows = [{"beam_size": b, "length_penalty": a, "bleu": bleu, "chrf": 0.0} for b, a, bleu in points]
-        meta = {"split": "valid", "sentences": 9, "bleu_signature": "sig", "checkpoint": "averaged", "step": 8}
-        return {**meta, "averaged_steps": steps, "grid": rows, "best": max(rows, key=lambda r: r["bleu"])}
+    def grid() -> dict:
+        done = subprocess.run(tune, cwd=ROOT, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(out.read_text())
 
-    earlier, now = grid([6, 8], (5, 1.5, 40.0), (5, 1.0, 39.0)), grid([6, 8], (5, 1.0, 38.0))
-    assert merge(now, earlier)["grid"] == earlier["grid"][:1] + now["grid"]  # the point tried again is replaced
-    assert merge(now, earlier)["best"]["bleu"] == 40.0
-    other = grid([4, 6, 8], (5, 1.0, 38.0))  # averaged anew: another mean, so the earlier grid is not its own
-    assert merge(other, earlier) == other
+    first = grid()
+    (tried,) = first["grid"]
+    # an earlier grid of the same weights: its other point stays, the point tried again is replaced
+    earlier = {**first, "grid": [{**tried, "beam_size": 5, "length_penalty": 1.5, "bleu": 99.0}, {**tried, "bleu": -1}]}
+    out.write_text(json.dumps(earlier))
+    merged = grid()
+    assert merged["grid"] == [earlier["grid"][0], tried] and merged["best"]["bleu"] == 99.0
+    # averaged anew: another mean, so the earlier grid is not its own
+    out.write_text(json.dumps({**earlier, "averaged_steps": [4, 6, 8]}))
+    assert grid()["grid"] == [tried]
+    out.unlink()

@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from translate.evaluation.metrics import bleu_statistics, lead_growth_interval, length_bucket
 from translate.evaluation.plots import bleu_by_length_figure, bucket_label, plt
 from translate.evaluation.spread import DEFAULT_SEED, write_seeds_report
+from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
 
 
@@ -100,18 +101,19 @@ def gap_lines(rows: list[dict]) -> list[str]:
     baseline = fixed_vector_baseline(rows)
     if baseline is None or len(rows) < 2:
         return []
-    lines = [
-        f"## BLEU above `{baseline['name']}`: shortest vs longest bucket (buckets of {MIN_BUCKET}+ sentences)",
-        "",
-        "| run | test set: shortest | longest | probe: shortest | longest | lead grows on the probe |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
+    table = []
     for r in rows:
         if r is baseline:
             continue
         test, probe = (gap_to_baseline(_length_buckets(r, k), _length_buckets(baseline, k)) for k in (None, "probe"))
-        cells = [f"{g[0]:+.2f} | {g[1]:+.2f}" if g else "– | –" for g in (test, probe)]
-        lines.append(f"| {r['name']} | {cells[0]} | {cells[1]} | {_grows(r, probe)} |")
+        cells = [c for g in (test, probe) for c in ([f"{g[0]:+.2f}", f"{g[1]:+.2f}"] if g else ["–", "–"])]
+        table.append([r["name"], *cells, _grows(r, probe)])
+    header = ["run", "test set: shortest", "longest", "probe: shortest", "longest", "lead grows on the probe"]
+    lines = [
+        f"## BLEU above `{baseline['name']}`: shortest vs longest bucket (buckets of {MIN_BUCKET}+ sentences)",
+        "",
+        *markdown_table(header, table, align="lrrrrl").splitlines(),
+    ]
     if any(r.get("probe_lead_growth") for r in rows):
         lines += [
             "",
@@ -123,20 +125,21 @@ def gap_lines(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     first = rows[0]["eval"]
+    header = ["run", "model", "parameters", "train min", "epochs", "target tok/s", "BLEU", "chrF", "probe BLEU"]
+    table = []
+    for r in rows:
+        probe = r["eval"].get("probe") or {}
+        table.append(
+            [r["name"], r["model"], f"{r['parameters']:,}", f"{r['train_minutes']:.1f}", f"{r['epochs']:.1f}"]
+            + [f"{r['tokens_per_s']:,.0f}", f"{r['eval']['bleu']:.2f}", f"{r['eval']['chrf']:.2f}"]
+            + ["–" if "bleu" not in probe else format(probe["bleu"], ".2f")]
+        )
     lines = [
         f"# Comparison: {first['src_lang']}→{first['tgt_lang']}, {first['name']} ({first['sentences']} sentences), "
         f"{first['decoding']['search']} decoding",
         "",
-        "| run | model | parameters | train min | epochs | target tok/s | BLEU | chrF | probe BLEU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table(header, table, align="ll" + "r" * 7),
     ]
-    for r in rows:
-        probe = r["eval"].get("probe") or {}
-        lines.append(
-            f"| {r['name']} | {r['model']} | {r['parameters']:,} | {r['train_minutes']:.1f} | {r['epochs']:.1f} | "
-            f"{r['tokens_per_s']:,.0f} | {r['eval']['bleu']:.2f} | {r['eval']['chrf']:.2f} | "
-            f"{'–' if 'bleu' not in probe else format(probe['bleu'], '.2f')} |"
-        )
     lines += ["", f"BLEU signature: `{first['bleu_signature']}`; chrF signature: `{first['chrf_signature']}`", ""]
     for title, key in (("test set", None), ("long-sentence probe", "probe")):
         buckets = [_length_buckets(r, key) for r in rows]
@@ -149,19 +152,13 @@ def markdown(rows: list[dict]) -> str:
             )
         else:
             lines.append(f"## BLEU by source length (words), {title}")
-        lines += [
-            "",
-            "| run | "
-            + " | ".join(bucket_label(b) for b in buckets[0])
-            + f" | drop shortest→longest (buckets of {MIN_BUCKET}+) |",
-        ]
-        lines.append("|---|" + "---:|" * (len(buckets[0]) + 1))
-        lines.append("| sentences | " + " | ".join(str(b["sentences"]) for b in buckets[0]) + " | |")
+        header = ["run", *(bucket_label(b) for b in buckets[0]), f"drop shortest→longest (buckets of {MIN_BUCKET}+)"]
+        table = [["sentences", *(b["sentences"] for b in buckets[0]), ""]]
         for r, bs in zip(rows, buckets):
-            cells = " | ".join("–" if b["bleu"] is None else f"{b['bleu']:.2f}" for b in bs)
             drop = bleu_drop(bs)
-            lines.append(f"| {r['name']} | {cells} | {'–' if drop is None else f'{drop:.2f}'} |")
-        lines.append("")
+            cells = ["–" if b["bleu"] is None else f"{b['bleu']:.2f}" for b in bs]
+            table.append([r["name"], *cells, "–" if drop is None else f"{drop:.2f}"])
+        lines += ["", markdown_table(header, table, align="l" + "r" * (len(buckets[0]) + 1)), ""]
     return "\n".join(lines + gap_lines(rows))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from translate.config.schema import TrainerConfig
 from translate.evaluation.plots import bleu_by_length_figure, bucket_label, plt
+from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
 
 DEFAULT_SEED = TrainerConfig.seed  # reports from before the summary named its seed were trained with it
@@ -95,39 +96,44 @@ def markdown(result: dict) -> str:
         "",
         "Mean ± sample standard deviation over the seeds.",
         "",
-        "| model | seeds | test BLEU | chrF | probe BLEU |",
-        "|---|---:|---:|---:|---:|",
+        markdown_table(
+            ["model", "seeds", "test BLEU", "chrF", "probe BLEU"],
+            [
+                [name, len(m["seeds"]), _cell(m["bleu"]), _cell(m["chrf"])]
+                + [_cell(m["probe_bleu"]) if "probe_bleu" in m else "–"]
+                for name, m in models.items()
+            ],
+            align="lrrrr",
+        ),
     ]
-    for name, m in models.items():
-        probe = _cell(m["probe_bleu"]) if "probe_bleu" in m else "–"
-        lines.append(f"| {name} | {len(m['seeds'])} | {_cell(m['bleu'])} | {_cell(m['chrf'])} | {probe} |")
     for title, key in (("test set", "bleu_by_length"), ("long-sentence probe", "probe_bleu_by_length")):
         if not all(key in m for m in models.values()):
             continue
         buckets = next(iter(models.values()))[key]
         lines += ["", f"## BLEU by source length (words), {title}", ""]
-        lines += ["| model | " + " | ".join(bucket_label(b) for b in buckets) + " |"]
-        lines += ["|---|" + "---:|" * len(buckets)]
-        lines += ["| sentences | " + " | ".join(str(b["sentences"]) for b in buckets) + " |"]
-        lines += [f"| {name} | " + " | ".join(_cell(b) for b in m[key]) + " |" for name, m in models.items()]
+        table = [["sentences", *(b["sentences"] for b in buckets)]]
+        table += [[name, *(_cell(b) for b in m[key])] for name, m in models.items()]
+        lines += [markdown_table(["model", *(bucket_label(b) for b in buckets)], table, align="l" + "r" * len(buckets))]
     growing = {name: m["lead_growth"] for name, m in models.items() if "lead_growth" in m}
     if growing:
         lines += [
             "",
             "## Growth of the lead over the fixed-vector model, shortest to longest probe bucket",
             "",
-            "| model | mean ± std | per seed: growth [95 % CI] | grows on every seed | CI above 0 on every seed |",
-            "|---|---:|---|---|---|",
         ]
+        header = ["model", "mean ± std", "per seed: growth [95 % CI]", "grows on every seed"]
+        header += ["CI above 0 on every seed"]
+        table = []
         for name, g in growing.items():
             per_seed = "; ".join(
                 f"{s}: {p['growth']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" for s, p in g["per_seed"].items()
             )
             yes = lambda flag: "yes" if flag else "no"
-            lines.append(
-                f"| {name} | {g['mean']:+.2f} ± {g['std']:.2f} | {per_seed} | {yes(g['grows_on_every_seed'])} | "
-                f"{yes(g['significant_on_every_seed'])} |"
+            table.append(
+                [name, f"{g['mean']:+.2f} ± {g['std']:.2f}", per_seed]
+                + [yes(g["grows_on_every_seed"]), yes(g["significant_on_every_seed"])]
             )
+        lines += [markdown_table(header, table, align="lrlll")]
         lines += ["", "Each seed's interval is its own report's paired bootstrap (1,000 resamples)."]
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from translate.data.tokenizer import PAD
-from translate.models.loss import TrainingLoss
+from translate.models.loss import TrainingLoss, sequence_loss
 from translate.runtime.checkpoints import restore_training, training_checkpoint
 from translate.runtime.device import heap_trimmer
 from translate.runtime.ranks import Distributed
@@ -71,10 +71,13 @@ class Updater:
             ckpt, self.model, self.optimizer, self.scheduler, path, self.scaler, vocab_size, self.ema
         )
 
-    def loss(self, batch):
-        """Label-smoothed cross-entropy summed over target tokens: (loss, nll), both sums."""
+    def loss(self, batch, eager: bool = False):
+        """Label-smoothed cross-entropy summed over target tokens: (loss, nll), both sums.  `eager`: through the
+        model's own features even where trainer.compile compiled them, and on this rank alone (to count FLOPs)."""
         with self.autocast():
-            return self.training_loss(batch)
+            if not eager:
+                return self.training_loss(batch)
+            return sequence_loss(self.model, batch, self.tc.label_smoothing, PAD, self.tc.loss_chunk)
 
     def step(self, batches: list, tokens: int):
         """One update on this rank's (micro-batch, weight) pairs, the loss normalised by the `tokens` of the whole
