@@ -49,8 +49,8 @@ def test_train_evaluate_and_read_events(model, multi30k_dir, small_cfg, tmp_path
     assert OmegaConf.load(run / "config.yaml").model.name == model
     assert TrainState.from_checkpoint(load_checkpoint(run / "last.pt")).step == 6
 
-    result = evaluate(run, OmegaConf.structured(EvalConfig))
-    assert result["sentences"] == 40 and result["model"] == model
+    result = evaluate(run, OmegaConf.structured(EvalConfig(probe_per_k=4)))  # the probe: 4 inputs of each k
+    assert result["sentences"] == 40 and result["model"] == model and result["probe"]["sentences"] == 20
     assert result["ppl"] == pytest.approx(math.exp(result["loss"]), rel=1e-2) and result["loss"] > 0
     assert result["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert sum(b["sentences"] for b in result["bleu_by_length"]) == 40
