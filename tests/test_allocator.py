@@ -39,6 +39,7 @@ def train_log(tmp_path, name: str, **env) -> str:
     return (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_training_runs_on_tcmalloc_unless_told_not_to(tmp_path):
     if find_tcmalloc() is None:
         pytest.skip(f"tcmalloc is not installed here: {INSTALL_HINT}")

@@ -99,6 +99,7 @@ def test_a_run_with_a_moving_average_averages_and_decodes_the_moving_averages(ru
         torch.testing.assert_close(tensor, (parts[0][f"module.{name}"] + parts[1][f"module.{name}"]) / 2, msg=name)
 
 
+@pytest.mark.slow
 def test_average_command_line(run_dir, tmp_path):
     def cli(*args):
         command = [sys.executable, "-m", "translate.average", *args]
@@ -138,6 +139,7 @@ def test_trainer_keeps_the_newest_numbered_checkpoints(tmp_path):
     assert [p.name for p in numbered_checkpoints(tmp_path)] == ["step_20.pt", "step_30.pt"]
 
 
+@pytest.mark.slow
 def test_simulate_ema_decays_between_kept_checkpoints(run_dir):
     """scripts/simulate_ema.py: e = w_100, then e = a·e + (1 − a)·w_s with a the product of the per-update decays
     since the previous checkpoint: the decay itself, or with --warmup the trainer's min(decay, (1 + t) / (10 + t))."""

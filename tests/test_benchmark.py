@@ -19,6 +19,7 @@ from translate.training.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_benchmark_script(multi30k_dir, small_cfg, tmp_path):
     run = tmp_path / "run"
     train(small_cfg("rnn_attention", "trainer.max_steps=2", "trainer.valid_every=2", "trainer.batch_tokens=800"), run)
@@ -90,6 +91,7 @@ def test_the_host_is_described_one_way():
     assert f"{host['cpu']} (no AVX2; no bf16 units), 4 CPUs (1 usable), 1 threads, torch" in host_line(bare)
 
 
+@pytest.mark.slow
 def test_the_eager_loss_is_the_training_loss(tmp_path):
     """Updater.loss(batch, eager=True), what the benchmark counts FLOPs on: the same loss through the model's own
     features (compiled or not)."""

@@ -33,6 +33,7 @@ def test_fp16_asked_on_a_cpu_is_a_clear_error_before_any_data_is_read(tmp_path):
         Trainer(tiny(tmp_path, "trainer.precision=fp16", "trainer.device=cpu", "data.dir=/no/such/dir"), tmp_path)
 
 
+@pytest.mark.slow
 def test_the_grad_scaler_skips_an_overflowed_update_counts_it_and_is_checkpointed(tmp_path, monkeypatch):
     """fp16's GradScaler in the real loop (enabled on CPU here, where fp16 itself is refused): an update whose
     gradients overflow is skipped and counted, the loss scale halves, and last.pt keeps both."""
@@ -73,6 +74,7 @@ def test_sigusr1_stops_gracefully_then_hands_on_to_the_schedulers_handler():
         signal.signal(signal.SIGUSR1, previous)
 
 
+@pytest.mark.slow
 def test_the_slurm_launcher_composes_with_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from omegaconf import OmegaConf
@@ -87,6 +89,7 @@ def test_the_slurm_launcher_composes_with_one_task_per_gpu():
     assert launcher.signal_delay_s == 120 and launcher.max_num_timeout > 0
 
 
+@pytest.mark.slow
 def test_two_slurm_tasks_train_as_two_ranks_through_submitit(tmp_path):
     """No SLURM here: two processes with the variables SLURM gives the tasks of a 2-task job; submitit turns them
     into torch.distributed's (rank, world size, rendezvous), and the tasks train as one data-parallel job."""

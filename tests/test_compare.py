@@ -59,6 +59,7 @@ def test_probe_joins_consecutive_pairs():
     assert every.src[7:10] == ["s0 s1", "s2 s3", "s4 s5"] and every.src[-1] == "s3 s4 s5"
 
 
+@pytest.mark.slow
 def test_compare_multirun_writes_report_and_resumes(tmp_path):
     sweep = tmp_path / "compare"
     args = [
@@ -141,6 +142,7 @@ def test_reversal_errors_count_repeat_sites_and_misaligned_positions():
     assert rows[1]["repeat_site_error_percent"] == 50.0 and rows[1]["other_error_percent"] == 0.0
 
 
+@pytest.mark.slow
 def test_seeds_are_a_sweep_axis_and_the_report_spreads_over_them(tmp_path):
     sweep = tmp_path / "compare"
     # the whole test set for every k, so that two probe buckets hold the 10 sentences a lead's growth needs
@@ -189,6 +191,7 @@ def test_seeds_are_a_sweep_axis_and_the_report_spreads_over_them(tmp_path):
         load_reports([report / "seed_1", report / "seed_1" / "report.json"])
 
 
+@pytest.mark.slow
 def test_an_override_gets_its_own_comparison_directory(tmp_path):
     """The sweeper rewrites 3e-3 as 0.003 in each job's overrides; the sweep and its job must still name one
     directory."""

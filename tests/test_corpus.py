@@ -222,6 +222,7 @@ def test_hub_errors_name_split_and_language(saved_dataset):
         load_corpus(_data_cfg(hub=str(saved_dataset), valid_split="validation", tgt_lang="fr"))
 
 
+@pytest.mark.slow
 def test_hub_load_dataset_path_offline(tmp_path, monkeypatch):
     """The real `datasets.load_dataset` call, on a local dataset directory, with the hub switched off."""
     import datasets

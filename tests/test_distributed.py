@@ -62,6 +62,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("other", ["2B", "accumulate"])
 def test_two_ranks_of_b_tokens_equal_one_rank_of_2b_and_accumulating_two_of_b(runs, other):
     """Each step's batch is built at ranks × accumulate × batch_tokens and split into shares, so all three see the
@@ -81,6 +82,7 @@ def test_two_ranks_of_b_tokens_equal_one_rank_of_2b_and_accumulating_two_of_b(ru
     assert summaries[0]["target_tokens"] == summaries[1]["target_tokens"]  # tokens/s sums the ranks
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_its_checkpoint_evaluates_in_one_process(runs):
     run_dir = runs["2 ranks"]
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
@@ -97,6 +99,7 @@ def test_only_rank_0_writes_and_its_checkpoint_evaluates_in_one_process(runs):
     assert "BLEU" in done.stdout
 
 
+@pytest.mark.slow
 def test_one_log_per_job_rank_0s_with_the_world_size(runs):
     """Both ranks' Hydra open <run dir>/train.log; only rank 0 writes its INFO lines there."""
     lines = (runs["2 ranks"] / "train.log").read_text().splitlines()
@@ -140,6 +143,7 @@ def test_rank_0_logs_as_configured(monkeypatch):
     assert (root.level, [(h, h.level, h.formatter) for h in root.handlers]) == levels
 
 
+@pytest.mark.slow
 def test_kill_9_of_every_rank_then_resume_equals_the_uninterrupted_run(runs, tmp_path):
     run_dir = tmp_path / "cut"
     command = [
@@ -179,6 +183,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(tmp_path):
     command = [
@@ -200,6 +205,7 @@ def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(tmp_path):
     assert job.returncode != 0 and "translate.train FAILED" in stderr
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_under_ddp(tmp_path):
     """trainer.compile=true: torch.compile's graph of the model's features inside DistributedDataParallel."""
     compiled = ["trainer.batch_tokens=600", "trainer.max_steps=4", "trainer.compile=true"]

@@ -23,6 +23,8 @@ from translate.runtime.checkpoints import TrainState, load_checkpoint
 from translate.training.run import train
 from translate.training.trainer import NonFiniteLossError, Trainer
 
+pytestmark = pytest.mark.slow  # each test trains a model (in process or as a command)
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
     "trainer.max_steps=6",

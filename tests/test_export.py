@@ -24,6 +24,8 @@ from translate.runtime.checkpoints import load_checkpoint, save_checkpoint
 from translate.runtime.errors import ConfigError, UserError
 from translate.training.run import train
 
+pytestmark = pytest.mark.slow  # trains a Transformer, exports and decodes it through commands
+
 ROOT = Path(__file__).resolve().parents[1]
 # 100 updates: poor translations, but most end with EOS (49 of the 50 below) and some run to the length limit
 STEPS = ["trainer.max_steps=100", "trainer.valid_every=100", "trainer.batch_tokens=1500", "trainer.warmup_steps=30"]

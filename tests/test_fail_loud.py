@@ -18,6 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from translate.runtime.checkpoints import CheckpointError, TrainState, load_checkpoint
 from translate.runtime.errors import EXIT_USER_ERROR
 
+pytestmark = pytest.mark.slow  # trains tiny runs and drives the commands as processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     *tiny_synthetic(train_size=600, eval_size=12, max_len=10),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs make, builds environments
+
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = "-m venv"
 

@@ -80,6 +80,7 @@ def _repeated_corpus(multi30k_dir, directory: Path, times: int) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_preparation_killed_half_way_leaves_nothing_to_read(multi30k_dir, tmp_path):
     """A real `python -m translate.prepare` killed with SIGKILL while it encodes: the next one removes its
     leftovers and builds the whole store."""
@@ -110,6 +111,7 @@ def test_preparation_killed_half_way_leaves_nothing_to_read(multi30k_dir, tmp_pa
     assert [p.name for p in stores.iterdir() if ".partial-" in p.name] == []
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_own_tokenizer(multi30k_dir, tmp_path, caplog):
     """A resumed run encodes with the tokenizer in its run directory, even where the cache is gone (SentencePiece
     does not learn the same pieces twice)."""

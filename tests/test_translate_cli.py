@@ -22,6 +22,8 @@ from translate.models import build_model
 from translate.runtime.checkpoints import TrainState, load_checkpoint, save_checkpoint
 from translate.training.run import train
 
+pytestmark = pytest.mark.slow  # trains a Transformer, translates through the command
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [
     "trainer.max_steps=6",
