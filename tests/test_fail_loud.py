@@ -202,7 +202,7 @@ def test_translate_gives_one_line_per_input_line_whatever_the_input(trained):
 def test_a_line_that_fails_leaves_an_empty_line_and_the_others_translated(trained, monkeypatch):
     from omegaconf import OmegaConf
 
-    import translate.translate as cli
+    import translate.decoding.inference as cli
     from translate.config.schema import EvalConfig
     from translate.decoding.inference import load_run
 

@@ -69,3 +69,43 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert imports(bad) == [(2, "translate.training.trainer")]
     assert layer("translate.training.trainer") > layer("translate.decoding.search")
     assert layer("translate.train") == COMMANDS and part("translate.runtime") == "runtime"
+
+
+def module_level_imports(module: str) -> set[str]:
+    """Every module imported when `module` is imported: translate's own followed, others by top-level name
+    (imports inside functions, made only when a feature is asked for, are not counted)."""
+    seen, todo, outside = set(), [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
+        path = path if path.exists() else path.with_suffix("") / "__init__.py"
+        parents = [".".join(name.split(".")[:i]) for i in range(2, name.count(".") + 1)]
+        todo += [p for p in parents if p not in seen]
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module]
+                if node.module.split(".")[0] == "translate":
+                    for a in node.names:  # `from translate.runtime import device`: a module, not a name
+                        sub = f"{node.module}.{a.name}"
+                        if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists():
+                            targets.append(sub)
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.split(".")[0] == "translate":
+                    todo.append(target)
+                else:
+                    outside.add(target)
+    return outside
+
+
+def test_translating_imports_neither_tensorboard_nor_plotting():
+    for command in ("translate.translate", "translate.decoding.inference", "translate.decoding.ct2"):
+        heavy = {m for m in module_level_imports(command) if m.split(".")[0] == "matplotlib" or "tensorboard" in m}
+        assert not heavy, f"{command} imports {heavy}"
+    assert "torch.utils.tensorboard" in module_level_imports("translate.evaluate")  # the check sees them

@@ -27,10 +27,8 @@ from omegaconf import DictConfig
 
 from translate.config.rules import check_config
 from translate.config.schema import register_configs
-from translate.data.tokenizer import BOS, EOS
 from translate.decoding.ct2 import load_export
-from translate.decoding.inference import decoding_options, load_run, translate_texts
-from translate.decoding.search import Hypothesis, translate_ids
+from translate.decoding.inference import attention_of, load_run, translate_safely
 from translate.runtime.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
 
 log = logging.getLogger("translate")
@@ -50,47 +48,15 @@ def decode_line(raw: bytes, number: int) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1) -> list[str]:
-    """One output line per input line (`first` is the number of the first): blank stays blank, n-best lists
-    are joined by tabs.  `model` is a PyTorch model or a CT2Model (engine=ct2)."""
-    texts = [line.strip() for line in lines]
-    todo = [i for i, text in enumerate(texts) if text]
-    names = [f"line {first + i}" for i in todo]
-    sources = [texts[i] for i in todo]
-    translations = translate_texts(model, tokenizer, sources, ec, progress=False, names=names) if todo else []
-    out, n = [""] * len(texts), ec.n_best
-    for k, i in enumerate(todo):
-        out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in translations[k * n : (k + 1) * n])
-    return out
-
-
-def translate_safely(model, tokenizer, lines: list[str], ec, first: int) -> tuple[list[str], int]:
-    """translate_lines, but a line that fails leaves its output line empty instead of losing the others:
-    (output lines, how many failed)."""
-    try:
-        return translate_lines(model, tokenizer, lines, ec, first), 0
-    except (RuntimeError, ValueError, IndexError, MemoryError) as e:
-        if len(lines) == 1:
-            log.warning("line %d: not translated (%s: %s); its output line is empty", first, type(e).__name__, e)
-            return [""], 1
-    results = [translate_safely(model, tokenizer, [line], ec, first + i) for i, line in enumerate(lines)]
-    return [out for outs, _ in results for out in outs], sum(failed for _, failed in results)
-
-
 def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) -> list[str]:
     """Translate the one non-empty line of `lines`, drawing its attention into `path`."""
     texts = [line.strip() for line in lines if line.strip()]
     if len(texts) != 1:
         raise ConfigError(f"attention={path} draws one sentence; the input has {len(texts)} non-empty lines")
-    hyps: list[Hypothesis] = translate_ids(
-        model, tokenizer.encode(texts), BOS, EOS, need_attention=True, **decoding_options(ec)
-    )
-    best, eos = hyps[0], tokenizer.id_to_piece([EOS])
-    src_pieces = tokenizer.pieces(texts)[0] + eos
-    tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[: len(best.attention)]  # no EOS row if cut at the limit
+    hyps, src_pieces, tgt_pieces = attention_of(model, tokenizer, texts[0], ec)
     from translate.evaluation.plots import attention_figure  # matplotlib only when a figure is asked for
 
-    attention_figure(best.attention.numpy(), src_pieces, tgt_pieces).savefig(path, dpi=120)
+    attention_figure(hyps[0].attention.numpy(), src_pieces, tgt_pieces).savefig(path, dpi=120)
     translation = "\t".join(tokenizer.decode([h.tokens for h in hyps]))
     return [translation if line.strip() else "" for line in lines]
 
