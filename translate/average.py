@@ -1,11 +1,6 @@
 """Average checkpoints: `python -m translate.average run=<run dir> [last=5] [out=averaged]`.
 
-The model weights of the newest `last` numbered checkpoints (step_<N>.pt, kept by training
-when trainer.keep_last > 0) are averaged, often worth a little BLEU over any single one
-(Vaswani et al. 2017 average the last 5 or 20).  Writes <run>/<out>.pt with the layout of
-last.pt and best.pt (everything but the weights comes from the newest), atomically, so
-`make eval RUN=… eval.checkpoint=averaged` and `make translate RUN=… eval.checkpoint=averaged`
-use it.
+Writes <run>/<out>.pt, the mean weights of the newest `last` step_<N>.pt (translate/training/averaging.py).
 """
 
 import logging

@@ -1,9 +1,7 @@
-"""Compare finished runs: a markdown table, a JSON of the same figures and the BLEU-vs-length plot.
+"""Compare finished runs: `python -m translate.report RUN_DIR… [--out DIR]`.
 
-`python -m translate.report RUN_DIR… [--out DIR]` reads each run's
-train_summary.json, eval/test.json and the probe's texts eval/test_probe.{src,ref,hyp}
-(written by training and evaluation) and never loads weights.  Hydra multirun calls
-`ReportCallback` when a sweep ends.
+Writes report.{md,json} and bleu_vs_length.png from the runs' summaries and evaluations, never their
+weights (translate/evaluation/comparison.py says what they hold).
 """
 
 import argparse

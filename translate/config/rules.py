@@ -73,7 +73,7 @@ RULES: dict[str, Rule] = {
     **{f"eval.{k}": POSITIVE for k in ("batch_tokens", "beam_size", "n_best", "max_len_ratio")},
     **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty", "max_len_offset", "probe_k", "probe_per_k")},
     **dict.fromkeys(["eval.length_buckets", "eval.probe_length_buckets"], BUCKETS),
-    # translate and export (translate/export.py): the engine, and CTranslate2's weight types
+    # translate and export (decoding/ct2_export.py): the engine, and CTranslate2's weight types
     "engine": one_of("torch", "ct2"),
     "quantization": one_of(
         "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16"

@@ -4,7 +4,7 @@ Every YAML file under ``configs/`` is merged onto one of these dataclasses, so
 an unknown key (``model.hiden_dim=…``) or a wrong type is an error at start-up,
 not a silently ignored setting.  Config groups mirror code modules:
 ``data`` → ``translate/data``, ``model`` → ``translate/models``,
-``trainer`` → ``translate/training/trainer.py``, ``eval`` → ``translate/evaluate.py``.
+``trainer`` → ``translate/training/trainer.py``, ``eval`` → ``translate/evaluation/evaluator.py``.
 """
 
 import hashlib

@@ -212,7 +212,7 @@ def run_seed(run_dir: Path) -> int:
 
 def write_reports(run_dirs: list[Path], out: Path) -> Path:
     """One comparison's report in `out`; runs of several seeds get one report per seed in `out`/seed_<s>/ and
-    the spread over seeds in `out` (translate.seeds).  Returns the markdown file to show."""
+    the spread over seeds in `out` (evaluation.spread).  Returns the markdown file to show."""
     by_seed = {}
     for run in run_dirs:
         by_seed.setdefault(run_seed(run), []).append(run)

@@ -25,7 +25,7 @@ def bucket_label(bucket: dict) -> str:
 def bleu_by_length_figure(panels: list[tuple[str, list[tuple[str, list[dict]]]]], band: tuple[str, str] | None = None):
     """BLEU against source length: one panel per (title, [(curve name, buckets of metrics.bleu_by_length), …]),
     one curve per name; all curves of a panel share its buckets.  `band` = (low key, high key) of the buckets
-    shades the range between them around each curve (translate.seeds: min and max over seeds)."""
+    shades the range between them around each curve (evaluation.spread: min and max over seeds)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels):
         for name, buckets in curves:

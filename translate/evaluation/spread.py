@@ -1,11 +1,11 @@
 """The comparison over seeds: how much of a result is the seed's.
 
 `python -m translate.seeds REPORT… [--out DIR]` reads the report.json of each seed's comparison (written by
-translate.report; a report directory works too) and gives, per model and length bucket, the mean and standard
+evaluation.comparison; a report directory works too) and gives, per model and length bucket, the mean and standard
 deviation of BLEU over the seeds; the growth of each attention model's lead over `rnn` as mean ± std beside
 every seed's own paired-bootstrap interval; and the figure with a band (min to max over seeds) around each
 curve.  It reads reports, never run directories, so a seed finished in an earlier session counts through its
-committed report.  `make compare SEEDS=3` writes one report per seed and this one (translate.report).
+committed report.  `make compare SEEDS=3` writes one report per seed and this one (evaluation.comparison).
 """
 
 import json
