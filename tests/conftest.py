@@ -73,3 +73,9 @@ def small_cfg(tmp_path):
         return compose_train([*SMALL_DATA, *SMALL_MODELS[model], f"data.tokenizer.cache_dir={cache}", *extra])
 
     return make
+
+
+def pytest_collection_modifyitems(items):
+    """The longest test (JoeyNMT installed and trained beside us, minutes) first: under two workers the rest of
+    the suite then runs beside it instead of after it."""
+    items.sort(key=lambda item: item.path.name != "test_peers.py")
