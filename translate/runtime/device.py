@@ -41,12 +41,18 @@ def cpu_flags() -> set[str]:
     return set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
 
 
+def bf16_units(flags: set[str] | None = None) -> list[str]:
+    """The CPU's bf16 units (AVX512-BF16, AMX-BF16) among `flags` (default: this CPU's)."""
+    flags = cpu_flags() if flags is None else flags
+    return [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in flags]
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 arithmetic runs in hardware here: CUDA devices that support it, CPUs with AVX512-BF16 or AMX.
     Elsewhere PyTorch emulates it, tens of times slower than fp32 (40x measured on an AVX2-only EPYC)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(BF16_CPU_FLAGS.keys() & cpu_flags())
+    return bool(bf16_units())
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
@@ -58,7 +64,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return ("bf16", f"{name} computes in bf16") if native_bf16(device) else ("fp32", f"{name} has no bf16")
-    units = [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in cpu_flags()]
+    units = bf16_units()
     if units:
         return "bf16", f"the CPU has {' and '.join(units)}"
     return "fp32", "the CPU has neither AVX512-BF16 nor AMX, where bf16 would be emulated, tens of times slower"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from translate.runtime.allocator import OPT_OUT, describe_allocator, find_tcmalloc, loaded_tcmalloc
-from translate.runtime.device import BF16_CPU_FLAGS, cpu_flags
+from translate.runtime.device import bf16_units, cpu_flags
 
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # /proc/cpuinfo flags behind matmul speed
 
@@ -56,7 +56,7 @@ def describe_host() -> dict:
     return {
         "cpu": cpu_model(),
         "flags": [flag for flag in SPEED_FLAGS if flag in flags],
-        "bf16_units": [unit for flag, unit in BF16_CPU_FLAGS.items() if flag in flags],
+        "bf16_units": bf16_units(flags),
         "cpus": os.cpu_count(),
         "usable_cpus": usable,
         "threads": torch.get_num_threads(),

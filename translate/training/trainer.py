@@ -45,6 +45,23 @@ from translate.training.update import Updater
 log = logging.getLogger(__name__)
 
 
+def tokens_per_update(tc, world_size: int) -> int:
+    """The token budget of one update: ranks × trainer.accumulate × trainer.batch_tokens (each batch's cap)."""
+    return world_size * tc.accumulate * tc.batch_tokens
+
+
+def log_start(trainer: "Trainer", why: str) -> None:
+    """The start of training: the model, device, precision (`why` it was chosen) and allocator; the ranks,
+    accumulation and tokens per update."""
+    tc, ranks = trainer.tc, trainer.dist.world_size
+    precision = f"{trainer.precision} ({why}), allocator {describe_allocator()}"
+    params, name = f"{trainer.num_parameters:,}", trainer.cfg.model.name
+    log.info("model %s: %s parameters on %s, precision %s", name, params, trainer.device, precision)
+    world = f"world size {ranks} rank{'' if ranks == 1 else 's'}, accumulate {tc.accumulate}"
+    tokens = f"batch_tokens {tc.batch_tokens}: about {tokens_per_update(tc, ranks):,} target tokens per update"
+    log.info("%s, %s (batch_tokens caps each batch)", world, tokens)
+
+
 class Trainer:
     """Trains `cfg.model` on `cfg.data` into `run_dir`: fit() runs the loop, validate() scores and checkpoints."""
 
@@ -74,15 +91,7 @@ class Trainer:
             self.load_state(Path(cfg.resume) / "last.pt")
         state = self.state
         self.writer, self.time_writer = event_writers(self.run_dir, state.step, state.train_seconds, self.main)
-        params, precision = f"{self.num_parameters:,}", f"{self.precision} ({why}), allocator {describe_allocator()}"
-        log.info("model %s: %s parameters on %s, precision %s", cfg.model.name, params, self.device, precision)
-        ranks, accumulate, cap = self.dist.world_size, self.tc.accumulate, self.tc.batch_tokens
-        world = f"world size {ranks} rank{'' if ranks == 1 else 's'}, accumulate {accumulate}, batch_tokens {cap}"
-        log.info(
-            "%s: about %s target tokens per update (batch_tokens caps each batch)",
-            world,
-            f"{ranks * accumulate * cap:,}",
-        )
+        log_start(self, why)
 
     # ---- state -------------------------------------------------------------------------------
     def load_state(self, path: Path) -> None:
@@ -111,7 +120,7 @@ class Trainer:
     def epoch_batches(self) -> EpochBatches:
         """This epoch's step batches of examples (tuples of pair indices joined into one), each of
         ranks × accumulate × trainer.batch_tokens tokens; fixed by seed and epoch."""
-        tc, step_tokens = self.tc, self.tc.batch_tokens * self.dist.world_size * self.tc.accumulate
+        tc, step_tokens = self.tc, tokens_per_update(self.tc, self.dist.world_size)
         lengths, epoch = self.data.store.lengths, self.state.epoch
         return training_batches(lengths, step_tokens, self.concat_prob, tc.concat_max, tc.seed, epoch)
 
