@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory) -> Path:
         ckpt = {
             "model": model.state_dict(),
             "step": step,
-            "config": OmegaConf.to_container(cfg),
+            "config": OmegaConf.to_container(cfg, resolve=True),
             "vocab_size": 40,
             "epoch": i,
         }

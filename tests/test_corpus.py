@@ -1,8 +1,5 @@
 import gzip
-import hashlib
-import http.server
-import threading
-from functools import partial
+import re
 
 import pytest
 
@@ -19,7 +16,7 @@ from translate.data.corpus import (
     read_pair_files,
 )
 from translate.data.pipeline import load_split, split_source
-from translate.data.remote import HubSplit, download_file
+from translate.data.remote import HubSplit
 
 
 def write(path, text: str | bytes):
@@ -96,6 +93,86 @@ def test_jsonl_both_shapes_and_bad_lines(tmp_path):
         list(JsonlFile(write(tmp_path / "c.jsonl", '{"de": "a", "fr": "b"}\n'), "de", "en"))
 
 
+@pytest.mark.parametrize(
+    "line, what",
+    [
+        ("[" * 10_000, r"not usable JSON \(nested too deep to read\)"),
+        ('{"de": "a", "en": ' + "[" * 10_000 + "]" * 10_000 + "}", r"not usable JSON \(nested too deep to read\)"),
+        ('{"de": ' + "9" * 5_000 + ', "en": "b"}', r"not usable JSON \(Exceeds the limit \(4300 digits\)"),
+        ("7" * 5_000, r"not usable JSON \(Exceeds the limit \(4300 digits\)"),
+        ('{"de": "a", "en": "b"', r"not JSON \(Expecting ',' delimiter at column 22\)"),
+        ('{"de": 5, "en": "b"}', r"'de' is a JSON number, not a string"),
+        ('{"de": "a", "en": null}', r"'en' is a JSON null, not a string"),
+        ('{"de": ["a"], "en": "b"}', r"'de' is a JSON array, not a string"),
+        ('{"de": {"x": "a"}, "en": "b"}', r"'de' is a JSON object, not a string"),
+        ('{"de": true, "en": "b"}', r"'de' is a JSON boolean, not a string"),
+        ('{"de": NaN, "en": "b"}', r"'de' is a JSON number, not a string"),
+        ('["a", "b"]', r"a JSON array, not an object"),
+        ('"a"', r"a JSON string, not an object"),
+        ("null", r"a JSON null, not an object"),
+        ('{"translation": ["a", "b"]}', r'"translation" is a JSON array, not an object'),
+        ('{"de": "\\ud800", "en": "b"}', r"'de' holds a lone surrogate escape"),
+    ],
+)
+def test_malformed_jsonl_of_every_kind_is_one_line(tmp_path, line, what):
+    path = write(tmp_path / "bad.jsonl", '{"de": "gut", "en": "good"}\n' + line + "\n")
+    with pytest.raises(CorpusError) as error:
+        list(JsonlFile(path, "de", "en"))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400
+    assert re.fullmatch(
+        rf'.*bad\.jsonl:2: {what}.*; each line must be \{{"de": "…", "en": "…"\}} \(two strings\)', message
+    )
+
+
+def test_over_long_lines_are_skipped_counted_and_the_pairs_stay_aligned(tmp_path, caplog):
+    long = "x" * 40  # over max_line_bytes=32 below; a line of exactly 32 bytes is kept
+    src = write(tmp_path / "l.de", f"a\n{long}\nc\n{'d' * 32}\n")
+    tgt = write(tmp_path / "l.en.gz", f"A\nB\nC\n{long}\n")
+    rows = [("a", "A"), ("x" * 20, "B"), ("c", "C"), ("d", "y" * 20)]  # rows 2 and 4 over 32 bytes as JSON
+    jsonl = "".join(f'{{"de": "{d}", "en": "{e}"}}\n' for d, e in rows)
+    sources = [
+        (TextFiles(src, tgt, max_line_bytes=32), "l.de:2"),
+        (TsvFile(write(tmp_path / "l.tsv", f"a\tA\n{long}\tB\nc\tC\nd\t{long}\n"), max_line_bytes=32), "l.tsv:2"),
+        (JsonlFile(write(tmp_path / "l.jsonl", jsonl), "de", "en", max_line_bytes=32), "l.jsonl:2"),
+    ]
+    for source, first in sources:
+        caplog.clear()
+        assert list(source) == [("a", "A"), ("c", "C")] and source.skipped == 2
+        (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+        message = record.getMessage()
+        assert (
+            "2 sentence pair(s) skipped, a line over 32 bytes" in message
+            and f"the first at {tmp_path / first}" in message
+        )
+        assert "\n" not in message
+    assert list(TextFiles(src, tgt)) == [("a", "A"), (long, "B"), ("c", "C"), ("d" * 32, long)]
+    assert TextFiles(src, tgt).identity() != TextFiles(src, tgt, max_line_bytes=32).identity()
+
+
+def test_over_long_pairs_are_counted_in_training_and_in_small_splits(tmp_path, caplog):
+    long = "x" * 100
+    src, tgt = write(tmp_path / "t.de", f"a\n\n{long}\nd\n"), write(tmp_path / "t.en", "A\nB\nC\nD\n")
+    pairs = TrainingPairs(TextFiles(src, tgt, max_line_bytes=50))
+    assert list(pairs) == [("a", "A"), ("d", "D")] and (pairs.read, pairs.empty, pairs.too_long) == (3, 1, 1)
+    assert list(TrainingPairs(TextFiles(src, tgt, max_line_bytes=50), limit=2)) == [("a", "A")]
+    small = read_pair_files(src, tgt, max_line_bytes=50)
+    assert (small.src, small.tgt, small.skipped) == (["a", "", "d"], ["A", "B", "D"], 1)
+    assert Pairs.read(TextFiles(src, tgt, max_line_bytes=50), limit=1).src == ["a"]
+    only_long = write(tmp_path / "o.de", f"{long}\n\n"), write(tmp_path / "o.en", "X\ny\n")
+    with pytest.raises(
+        CorpusError,
+        match=r"o\.de \+ o\.en: no training pairs with text on both sides \(1 lines, 1 more over 50 bytes skipped\)",
+    ):
+        list(TrainingPairs(TextFiles(*only_long, max_line_bytes=50)))
+
+
+def test_line_counts_still_compared_past_an_over_long_line(tmp_path):
+    src, tgt = write(tmp_path / "u.de", "a\n" + "x" * 100 + "\nc\n"), write(tmp_path / "u.en", "A\nB\n")
+    with pytest.raises(CorpusError, match=r"u\.de has 3 lines but .*u\.en has 2"):
+        list(TextFiles(src, tgt, max_line_bytes=50))
+
+
 def test_identity_follows_content(tmp_path):
     src, tgt = write(tmp_path / "i.de", "a\n"), write(tmp_path / "i.en", "b\n")
     first = TextFiles(src, tgt).identity()
@@ -151,49 +228,6 @@ def test_directory_from_config_then_environment(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def http_server(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-def test_download_once_from_url_when_no_local_copy(tmp_path, http_server, monkeypatch):
-    root, base = http_server
-    _toy_corpus(root)
-    monkeypatch.setattr(remote, "SHARED_MULTI30K", tmp_path / "no-shared")
-    monkeypatch.setattr(remote, "PROJECT_ROOT", tmp_path / "project")
-    monkeypatch.delenv(remote.DATA_DIR_ENV, raising=False)
-    digest = hashlib.sha256((root / "train.de.gz").read_bytes()).hexdigest()
-    cfg = _data_cfg(url=base + "/{split}.{lang}.gz", sha256={"train.de.gz": digest})
-    got = load_corpus(cfg)
-    assert got["train"].src[4] == "satz 4" and got["test"].tgt[2] == "sentence 2"
-    assert (tmp_path / "project" / "dl" / "val.en.gz").exists()
-    (root / "train.de.gz").unlink()  # a second run must not ask the server again
-    assert load_corpus(cfg)["train"].src[0] == "satz 0"
-
-
-def test_download_checksum_mismatch_keeps_nothing(tmp_path, http_server):
-    root, base = http_server
-    write(root / "f.gz", "x\n")
-    with pytest.raises(CorpusError, match="SHA-256 .* does not match the expected 00ff"):
-        download_file(base + "/f.gz", tmp_path / "out" / "f.gz", sha256="00ff")
-    assert list((tmp_path / "out").iterdir()) == []
-
-
-def test_download_failure_names_url_and_fix(tmp_path, http_server):
-    _, base = http_server
-    with pytest.raises(CorpusError, match=r"/absent\.gz: download failed .*set data.dir"):
-        download_file(base + "/absent.gz", tmp_path / "absent.gz")
-
-
-@pytest.fixture
 def saved_dataset(tmp_path):
     """A `datasets` fixture in the hub's translation format, saved to disk."""
     import datasets
@@ -238,8 +272,8 @@ def test_hub_load_dataset_path_offline(tmp_path, monkeypatch):
     got = load_corpus(_data_cfg(hub=str(repo), valid_split="validation"))
     assert got["train"].src == [f"d{i}" for i in range(5)] and got["valid"].tgt == ["e0", "e1"]
     assert (
-        HubSplit(str(repo), None, "train", "de", "en").identity()
-        == HubSplit(str(repo), None, "train", "de", "en").identity()
+        HubSplit(str(repo), None, "train", "de", "en", revision=None).identity()
+        == HubSplit(str(repo), None, "train", "de", "en", revision=None).identity()
     )
     with pytest.raises(CorpusError, match="no-such-dataset-here: cannot load from the Hugging Face hub"):
-        load_corpus(_data_cfg(hub="no-such-dataset-here"))
+        load_corpus(_data_cfg(hub="no-such-dataset-here", hub_revision="0" * 40))

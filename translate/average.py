@@ -8,6 +8,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from translate.config.rules import check_config
 from translate.config.schema import register_configs
 from translate.runtime.errors import one_line_errors
 from translate.training.averaging import average_run
@@ -19,6 +20,7 @@ register_configs()
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(message)s", level=logging.INFO)
+    check_config(cfg)
     path, steps = average_run(cfg.run, cfg.last, cfg.out)
     print(f"wrote {path}: the mean of {len(steps)} checkpoints, steps {', '.join(map(str, steps))}")
 

@@ -77,7 +77,7 @@ def train_once(cfg: DictConfig, dist: Distributed, device) -> None:
                 sys.exit(stopped.exit_code)
     if dist.is_main:
         if cfg.evaluate and not (run_dir / "eval" / "test.json").exists():
-            print(format_result(evaluate(run_dir, cfg.eval)))
+            print(format_result(evaluate(run_dir, cfg.eval, data=cfg.data)))
         print(next_commands(run_dir))
 
 

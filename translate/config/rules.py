@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from translate.config.schema import SCHEDULES, ExportConfig, TrainConfig, TranslateConfig
+from translate.config.schema import SCHEDULES, AverageConfig, ExportConfig, TrainConfig, TranslateConfig
 from translate.data.corpus import FORMATS
 from translate.models import MODELS, build_model
 from translate.models.attention import SCORERS
@@ -28,6 +28,12 @@ PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]")
 LIMIT: Rule = (lambda v: v is None or v > 0, "must be > 0, or null for all")
 DEVICE: Rule = (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "must be auto, cpu, cuda or cuda:N")
 BETAS: Rule = (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)")
+# a name that becomes part of a file name (languages, splits, eval.name, out=): no separators, no `..`
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+NAME: Rule = (
+    lambda v: v is None or (SAFE_NAME.fullmatch(v) is not None and ".." not in v),
+    "must be a plain name: letters, digits, _ . - (it becomes part of a file name)",
+)
 BUCKETS: Rule = (
     lambda v: len(v) >= 2 and all(a < b for a, b in zip(v, v[1:])),
     "must be at least two increasing bounds",
@@ -40,7 +46,10 @@ def one_of(*choices: str) -> Rule:
 
 RULES: dict[str, Rule] = {
     **dict.fromkeys(["data.max_tokens", "data.tokenizer.vocab_size", "data.tokenizer.input_sentence_size"], POSITIVE),
+    **dict.fromkeys(["data.max_download_mb", "data.download_minutes"], POSITIVE),
     "data.format": one_of(*FORMATS),
+    **dict.fromkeys(["data.name", "data.src_lang", "data.tgt_lang", "eval.name", "out"], NAME),
+    **dict.fromkeys(["data.train_split", "data.valid_split", "data.test_split"], NAME),
     "data.tokenizer.model_type": one_of("unigram", "bpe", "char", "word"),
     "data.tokenizer.character_coverage": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     **dict.fromkeys(["data.train_limit", "data.valid_limit", "data.test_limit"], LIMIT),
@@ -80,7 +89,7 @@ RULES: dict[str, Rule] = {
     ),
 }
 DEFAULTS = OmegaConf.structured(TrainConfig)
-OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization}  # not in TrainConfig
+OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization, "out": AverageConfig.out}
 ABSENT = object()
 
 

@@ -52,11 +52,19 @@ class DataConfig:
     # Where the files come from, first match wins: `dir`, $TRANSLATE_DATA_DIR,
     # ../shared/data/multi30k, then a one-off download of `url` into `download_dir`.
     dir: str | None = None
-    url: str | None = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{split}.{lang}.gz"
+    url: str | None = (  # pinned to a commit: configs/data/multi30k.yaml lists the files' SHA-256
+        "https://raw.githubusercontent.com/multi30k/dataset/c9be912dc05a3ebf9ae5bb5f7f58c1791cda43ab/data/task1/raw/"
+        "{split}.{lang}.gz"
+    )
     download_dir: str = "data/multi30k"  # relative to the project root
     hub: str | None = None  # a Hugging Face dataset (or a save_to_disk directory) with a `translation` column
     hub_config: str | None = None  # its configuration, e.g. iwslt2017-de-en
-    sha256: dict[str, str] = field(default_factory=dict)  # file name -> checksum, checked after download
+    hub_revision: str | None = None  # the hub dataset's commit (a pinned revision); required to load from the hub
+    sha256: dict[str, str] = field(
+        default_factory=dict
+    )  # file name -> checksum, checked after download and on each use
+    max_download_mb: int = 1024  # a downloaded file larger than this is refused
+    download_minutes: float = 30.0  # total time one file's download may take
     train_split: str = "train"
     valid_split: str = "val"
     test_split: str = "test_2016_flickr"
@@ -172,9 +180,21 @@ class TrainConfig:
 
 
 @dataclass
+class DataLocation:
+    """Where `make eval` reads a run's split from, if not from the project's configs/data/<name>.yaml: a run's own
+    stored locations are never followed (translate/config/stored.py)."""
+
+    dir: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    hub_revision: str | None = None
+
+
+@dataclass
 class EvaluateConfig:
     run: str = "???"  # the run directory written by training
     eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataLocation = field(default_factory=DataLocation)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from pathlib import Path
 from translate.data.corpus import (
     FORMATS,
     PROJECT_ROOT,
-    ROLES,
     CorpusError,
     JsonlFile,
     Pairs,
@@ -49,10 +48,10 @@ def split_source(cfg, role: str) -> PairSource:
     if cfg.name == "synthetic":
         return SyntheticSplit(cfg.synthetic, role)
     if cfg.hub:
-        return HubSplit(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang)
+        return HubSplit(cfg.hub, cfg.hub_config, split, cfg.src_lang, cfg.tgt_lang, revision=cfg.hub_revision)
     if cfg.format not in FORMATS:
         raise CorpusError(f"unknown data.format={cfg.format!r}; choose {', '.join(FORMATS)}")
-    directory = resolve_data_dir(cfg, [getattr(cfg, f"{r}_split") for r in ROLES])
+    directory = resolve_data_dir(cfg, [split])  # only this split's files: evaluating never fetches training data
     if cfg.format == "tsv":
         return TsvFile(split_file(directory, f"{split}.tsv"))
     if cfg.format == "jsonl":

@@ -23,6 +23,7 @@ from translate.decoding.ct2_export import (
 from translate.decoding.search import Hypothesis, check_n_best, gnmt_length_penalty, max_output_lengths, source_limit
 from translate.runtime.checkpoints import find_checkpoint
 from translate.runtime.errors import ConfigError, UserError
+from translate.runtime.files import read_small, refuse_link
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,22 @@ class CT2Model:
         return [h for nbest in results for h in nbest]
 
 
+METADATA_FIELDS = {"checkpoint": str, "checkpoint_mtime_ns": int, "step": int}
+
+
+def export_metadata(directory: Path) -> dict:
+    """An export's metadata, checked: a run directory's files are data (docs/security.md)."""
+    try:
+        metadata = json.loads(read_small(directory / METADATA))
+    except (ValueError, RecursionError):
+        metadata = None
+    if not isinstance(metadata, dict) or any(not isinstance(metadata.get(k), t) for k, t in METADATA_FIELDS.items()):
+        raise UserError(
+            f"{directory / METADATA}: not the metadata make export writes; export again (make export) or remove it"
+        )
+    return metadata
+
+
 def load_export(run_dir: str | Path, quantization: str, ec) -> CT2Model:
     """The export of `run_dir` for engine=ct2, or a one-line error saying how to make it."""
     import_ctranslate2()
@@ -124,7 +141,8 @@ def load_export(run_dir: str | Path, quantization: str, ec) -> CT2Model:
         raise UserError(
             f"{directory}: no CTranslate2 export here; make one first: {export_command(run_dir, quantization)}"
         )
-    metadata = json.loads((directory / METADATA).read_text(encoding="utf-8"))
+    refuse_link(directory, "directory")
+    metadata = export_metadata(directory)
     if metadata["checkpoint"] != ec.checkpoint:
         raise ConfigError(
             f"{directory}: exported from checkpoint {metadata['checkpoint']}, not eval.checkpoint={ec.checkpoint}; "

@@ -44,7 +44,7 @@ from translate.data.tokenizer import BOS, EOS, UNK
 from translate.decoding.inference import load_run
 from translate.runtime.checkpoints import TrainState, find_checkpoint
 from translate.runtime.errors import UserError
-from translate.runtime.files import UMASK, fsync_directory
+from translate.runtime.files import UMASK, fsync_directory, refuse_link
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", quantization: str 
     spec.optimize(quantization=None if quantization == "none" else quantization)
 
     target = export_dir(run_dir, quantization)
+    refuse_link(target, "directory")
     _remove_abandoned_builds(run_dir)
     built = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{target.name}{BUILDING}{os.getpid()}-"))
     try:

@@ -17,38 +17,65 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from translate.config.schema import train_config
-from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from translate.config.stored import model_for_weights, stored_config
+from translate.data.tokenizer import BOS, EOS, Tokenizer
 from translate.decoding.search import Hypothesis, source_limit, translate_ids
-from translate.models import build_model
 from translate.runtime.checkpoints import CheckpointError, find_checkpoint, inference_weights, load_checkpoint
 from translate.runtime.device import resolve_device
+from translate.runtime.files import refuse_link
 
 log = logging.getLogger(__name__)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"):
-    """(model in eval mode, tokenizer, run config, checkpoint dict) of a training run directory."""
+    """(model in eval mode, tokenizer, run config, checkpoint dict) of a training run directory.
+
+    The run's files are data (translate/config/stored.py): its stored config is checked, never resolved, and the
+    model is built only once the weights' shapes match it; a link where a checkpoint or the tokenizer should be
+    is refused."""
     run_dir = Path(run_dir)
     path = find_checkpoint(run_dir, checkpoint)
-    ckpt = load_checkpoint(path)
-    cfg = train_config(ckpt["config"])
-    if not (run_dir / "tokenizer.model").is_file():
+    ckpt = load_checkpoint(path, mmap=True)
+    cfg = stored_config(ckpt.get("config"), path)
+    tokenizer = run_tokenizer(run_dir)
+    if ckpt.get("vocab_size") != len(tokenizer):
         raise CheckpointError(
-            f"{run_dir / 'tokenizer.model'}: missing; a run directory holds the tokenizer its model was trained "
-            "with (copy it from the training run)"
+            f"{path}: its vocabulary has {ckpt.get('vocab_size')!r} pieces, {run_dir / 'tokenizer.model'} "
+            f"{len(tokenizer)}; a run directory holds the tokenizer its model was trained with"
         )
-    tokenizer = Tokenizer(run_dir / "tokenizer.model")
-    model = build_model(cfg.model, ckpt["vocab_size"], PAD)
-    model.load_state_dict(inference_weights(ckpt))
+    model = model_for_weights(cfg.model, ckpt["vocab_size"], inference_weights(ckpt), path)
     model.to(resolve_device(device)).eval()
     return model, tokenizer, cfg, ckpt
+
+
+MAX_TOKENIZER_BYTES = 64 << 20  # SentencePiece models of 32 k pieces take about 1 MB
+
+
+def run_tokenizer(run_dir: Path) -> Tokenizer:
+    """The SentencePiece model a run was trained with, read only if it is a plain file of a plausible size."""
+    path = run_dir / "tokenizer.model"
+    refuse_link(path, "tokenizer")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: missing; a run directory holds the tokenizer its model was trained with "
+            "(copy it from the training run)"
+        )
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, not a tokenizer of this project; refused")
+    try:
+        return Tokenizer(path)
+    except (RuntimeError, OSError) as e:
+        raise CheckpointError(f"{path}: not a SentencePiece model ({type(e).__name__}); copy the run's own") from None
 
 
 def decoding_options(ec) -> dict:
     """The keyword arguments of `translate_ids` an EvalConfig sets."""
     keys = ("batch_tokens", "max_len_ratio", "max_len_offset", "beam_size", "length_penalty", "n_best")
     return {key: getattr(ec, key) for key in keys}
+
+
+CHARS_PER_TOKEN = 16  # SentencePiece's longest piece (max_piece_length): N·16 characters give N tokens or more
+MAX_SOURCE_CHARS = 1 << 16  # the cut for a model without a source limit (none of ours has none)
 
 
 def translate_texts(
@@ -58,13 +85,22 @@ def translate_texts(
 
     `model`: ours (search.translate_ids) or a CT2Model (its own translate_ids).  With ec.n_best > 1 each
     sentence has n_best translations in a row, best first.  A sentence longer
-    than the model can read is cut, with a warning naming it (`names[i]`, default `sentence <i + 1>`).
+    than the model can read is cut, with a warning naming it (`names[i]`, default `sentence <i + 1>`): first to
+    `CHARS_PER_TOKEN` characters per token of the model's limit (so the tokenizer never sees megabytes), then to
+    the limit in tokens.
     """
-    sources, limit = tokenizer.encode(texts), source_limit(model)
+    limit = source_limit(model)
+    chars = MAX_SOURCE_CHARS if limit is None else limit * CHARS_PER_TOKEN
+    long = [len(text) > chars for text in texts]
+    sources = tokenizer.encode([text[:chars] if cut else text for text, cut in zip(texts, long)])
     for i, ids in enumerate(sources):
-        if limit is not None and len(ids) > limit:
+        if long[i] or (limit is not None and len(ids) > limit):
             name = names[i] if names else f"sentence {i + 1}"
-            log.warning("%s: %d subword tokens; translating its first %d (the model's limit)", name, len(ids), limit)
+            count = f"{len(texts[i])} characters, at least {len(ids)}" if long[i] else str(len(ids))
+            if limit is None:
+                log.warning("%s: %s subword tokens; translating its first %d characters", name, count, chars)
+            else:
+                log.warning("%s: %s subword tokens; translating its first %d (the model's limit)", name, count, limit)
     options = decoding_options(ec)
     if isinstance(model, torch.nn.Module):
         with tqdm(total=len(texts), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:

@@ -18,18 +18,21 @@ from translate.evaluation.plots import bleu_by_length_figure, bucket_label, plt
 from translate.evaluation.spread import DEFAULT_SEED, write_seeds_report
 from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
+from translate.runtime.files import read_small
 
 
 def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
+    """A finished, evaluated run's summary and scores; the run and its name are the directory given, never what
+    its files say (a run directory is data)."""
     summary, result = run_dir / "train_summary.json", run_dir / "eval" / f"{eval_name}.json"
     if not (summary.exists() and result.exists()):
         return None
-    return {
-        "run": str(run_dir),
-        "name": run_dir.name,
-        **json.loads(summary.read_text()),
-        "eval": json.loads(result.read_text()),
-    }
+    try:
+        row = {**json.loads(read_small(summary)), "eval": json.loads(read_small(result))}
+    except (ValueError, RecursionError) as e:
+        what = f"its train_summary.json or eval/{eval_name}.json is not JSON ({e})"
+        raise UserError(f"{run_dir}: {what}; evaluate it again") from None
+    return {**row, "run": str(run_dir), "name": run_dir.name}
 
 
 MIN_BUCKET = 10  # sentences a bucket needs to count in the drop; smaller ones are too noisy

@@ -9,11 +9,13 @@ images and the same figure.
 """
 
 import json
+import re
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from translate.config.stored import evaluation_data
 from translate.data.corpus import CorpusError, Pairs, read_pair_files
 from translate.data.pipeline import load_split
 from translate.data.probe import long_sentence_probe
@@ -21,34 +23,38 @@ from translate.decoding.inference import decoding_options, load_run, translate_t
 from translate.evaluation.metrics import bleu_by_length, corpus_scores
 from translate.evaluation.plots import bleu_by_length_figure, plt
 from translate.evaluation.validation import attention_images, validate, write_validation
-from translate.runtime.checkpoints import (
-    TrainState,
-)
+from translate.runtime.checkpoints import TrainState
+from translate.runtime.files import atomic_write, subdirectory, write_lines, write_text
 
 
-def evaluation_pairs(cfg, ec) -> tuple[str, Pairs]:
-    """The pairs to score and their name: eval.src/eval.ref files, or a split of the run's corpus."""
+def evaluation_pairs(data, ec) -> tuple[str, Pairs]:
+    """The pairs to score and their name: eval.src/eval.ref files, or a split of `data` (a DataConfig)."""
     if ec.src or ec.ref:
         if not (ec.src and ec.ref):
             raise CorpusError("give both eval.src=<source file> and eval.ref=<reference file>")
         pairs = read_pair_files(ec.src, ec.ref)
         if not len(pairs):
             raise CorpusError(f"{ec.src}: no lines to score; give files with sentences")
-        return ec.name or Path(ec.src).name.split(".")[0], pairs
+        return ec.name or file_stem(ec.src), pairs
     if ec.split not in ("train", "valid", "test"):
         raise CorpusError(f"unknown eval.split={ec.split!r}; choose test, valid or train")
-    return ec.name or ec.split, load_split(cfg.data, ec.split)
+    return ec.name or ec.split, load_split(data, ec.split)
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+def file_stem(path: str) -> str:
+    """A name for outputs from a file's name (`newstest2014.de` -> newstest2014), as a plain file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).name.split(".")[0]).lstrip(".") or "eval"
 
 
-def evaluate(run_dir: str | Path, ec) -> dict:
+def evaluate(run_dir: str | Path, ec, data_location=None, data=None) -> dict:
+    """Score a run (module docstring).  Its split is read from `data` (a DataConfig: the training command's own),
+    else from the project's config for the run's corpus with `data_location` (the command's `data.*`): never
+    from locations stored in the run's files (translate/config/stored.py)."""
     run_dir = Path(run_dir)
     model, tokenizer, cfg, ckpt = load_run(run_dir, ec.checkpoint, ec.device)
     step = TrainState.from_checkpoint(ckpt).step
-    name, pairs = evaluation_pairs(cfg, ec)
+    data = data if data is not None else (None if ec.src or ec.ref else evaluation_data(cfg.data, data_location))
+    name, pairs = evaluation_pairs(data, ec)
     with tqdm(total=len(pairs), desc="decoding", dynamic_ncols=True) as bar:
         scored = validate(model, tokenizer, pairs, cfg.trainer.loss_chunk, decoding=decoding_options(ec), progress=bar)
     hypotheses = scored.hypotheses
@@ -88,17 +94,17 @@ def evaluate(run_dir: str | Path, ec) -> dict:
         "bleu_by_length": bleu_by_length(pairs.src, hypotheses, pairs.tgt, list(ec.length_buckets)),
         "probe": probe,
     }
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
+    out = subdirectory(run_dir, "eval")
     write_lines(out / f"{name}.hyp", hypotheses)
     if probe:  # the probe itself, for reading and for the report's bootstrap intervals
         for suffix, lines in (("src", probe_pairs.src), ("ref", probe_pairs.tgt), ("hyp", probe_hyps)):
             write_lines(out / f"{name}_probe.{suffix}", lines)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / f"{name}.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     figure = length_figure(result)
-    figure.savefig(out / f"{name}_bleu_by_length.png", dpi=110)
+    with atomic_write(out / f"{name}_bleu_by_length.png") as f:
+        figure.savefig(f, format="png", dpi=110)
     images = attention_images(model, tokenizer, scored, cfg.trainer.attention_maps, None, f"{name}, step {step}")
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+    with SummaryWriter(str(subdirectory(run_dir, "tensorboard"))) as writer:
         write_validation(writer, f"eval/{name}", step, scored, pairs, cfg.trainer.num_samples, images)
         writer.add_figure(f"eval/{name}/bleu_by_length", figure, step)
     plt.close("all")

@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 from translate.runtime.errors import UserError
-from translate.runtime.files import atomic_write, fsync_directory, why_writing_failed
+from translate.runtime.files import atomic_write, fsync_directory, refuse_link, why_writing_failed
 
 FORMAT = 2
+# weights_only=True has known bypasses below this (CVE-2025-32434 below 2.6, a later advisory below 2.10)
+SAFE_TORCH = (2, 10)
 
 
 class CheckpointError(UserError):
@@ -159,6 +161,7 @@ def link_checkpoint(source: str | Path, dest: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """A checkpoint of this project, or a CheckpointError naming the file and why it cannot be used."""
     path = Path(path)
+    check_torch_version()
     other = "use another checkpoint of the run (last.pt, best.pt, step_<N>.pt) or train again"
     if not path.is_file():
         hint = "train first (make train) or pass eval.checkpoint=last / a path to a .pt file"
@@ -179,6 +182,17 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
             "update the project (git pull && make install)"
         )
     return ckpt
+
+
+def check_torch_version(version: str | None = None) -> None:
+    """Refuse to read checkpoints on a torch whose `weights_only` loading is known to be bypassable."""
+    version = version or torch.__version__
+    numbers = tuple(int(part) for part in version.split("+")[0].split(".")[:2] if part.isdigit())
+    if numbers < SAFE_TORCH:
+        raise CheckpointError(
+            f"torch {version} cannot load checkpoints safely (its weights_only loading has known bypasses); "
+            f"install torch>={'.'.join(map(str, SAFE_TORCH))} (make install)"
+        )
 
 
 def repair_best(run_dir: str | Path, state: TrainState) -> bool:
@@ -223,6 +237,8 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found; pass RUN=<a directory written by make train>")
     path = Path(which) if which.endswith(".pt") else run_dir / f"{which}.pt"
+    if not which.endswith(".pt"):
+        refuse_link(path, "checkpoint")
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no checkpoint here; train first (make train) or choose eval.checkpoint=last|best|<file.pt>"

@@ -1,15 +1,83 @@
-"""Files written whole or not at all: a temporary file beside the target, fsynced, renamed over it."""
+"""Files written whole or not at all: a temporary file beside the target, fsynced, renamed over it.
+
+A run directory may come from someone else, so nothing is written through a symbolic link planted in it:
+`atomic_write` refuses a link where its file goes, and `subdirectory` one where a directory of the run goes
+(eval/, tensorboard/, ct2/).  Renaming over a path never writes into what a link there points to.
+"""
 
 import os
 import resource
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from translate.runtime.errors import UserError
+
 PARTIAL_WRITES = (".*.tmp", ".*.link")  # what an interrupted atomic_write / checkpoint link leaves
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once: files get the permissions open() would give them, not mkstemp's 0600
+
+
+class UnsafePath(UserError):
+    """A path inside a run directory that this program will not write or read through (a link, not a file)."""
+
+
+def refuse_link(path: str | Path, what: str = "file") -> None:
+    """Refuse a symbolic link at `path`: a run directory's files are written and read here, never followed."""
+    if os.path.islink(path):
+        raise UnsafePath(
+            f"{path}: a symbolic link where this program keeps a {what} of its own; not followed (a run "
+            "directory's contents are data, docs/security.md): remove the link, or use a directory of your own"
+        )
+
+
+def subdirectory(parent: str | Path, name: str) -> Path:
+    """`parent/name`, created if missing; a symbolic link or a file there is refused."""
+    path = Path(parent) / name
+    refuse_link(path, "directory")
+    path.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise UnsafePath(f"{path}: not a directory; remove it so that it can be created")
+    return path
+
+
+RUN_SUBDIRECTORIES = ("eval", "tensorboard", ".hydra")
+MAX_SMALL_FILE = 16 << 20  # a run's JSON and YAML files are kilobytes
+
+
+def refuse_planted_links(run_dir: str | Path) -> None:
+    """Refuse a run directory that holds a symbolic link where this program writes (its top level, eval/,
+    tensorboard/, .hydra/): before anything is written into it."""
+    run_dir = Path(run_dir)
+    for name in RUN_SUBDIRECTORIES:
+        refuse_link(run_dir / name, "directory")
+    for place in [run_dir] + [run_dir / d for d in RUN_SUBDIRECTORIES if (run_dir / d).is_dir()]:
+        for entry in os.scandir(place):
+            if entry.is_symlink():
+                refuse_link(entry.path)
+
+
+def read_small(path: str | Path, limit: int = MAX_SMALL_FILE) -> str:
+    """A small text file of a run (JSON, YAML), read only if it is a plain file under `limit` bytes."""
+    path = Path(path)
+    refuse_link(path)
+    if not path.is_file() or path.stat().st_size > limit:
+        what = "not a file" if not path.is_file() else f"{path.stat().st_size:,} bytes (at most {limit:,})"
+        raise UnsafePath(f"{path}: {what}; not a file this program wrote: remove or replace it")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A run's YAML file (config.yaml) as plain data: yaml.safe_load, no tags, no interpolation."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(read_small(path))
+    except yaml.YAMLError as e:
+        raise UnsafePath(f"{path}: not YAML ({str(e).splitlines()[0]}); remove or replace it") from None
+    return data if isinstance(data, dict) else {}
 
 
 def fsync_directory(directory: Path) -> None:
@@ -30,6 +98,7 @@ def fsync_directory(directory: Path) -> None:
 def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None):
     """`with atomic_write(p, "w") as f: f.write(…)` — readers see the old file or the new one, never a part."""
     path = Path(path)
+    refuse_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -50,6 +119,10 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def write_lines(path: str | Path, lines: list[str]) -> None:
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def copy_file(source: str | Path, dest: str | Path) -> None:

@@ -6,8 +6,10 @@ holds the holder's PID, for the message a second writer gets.  (On NFS, flock wo
 server supports byte-range locks — NFSv4; elsewhere keep run directories on a local disk.)
 """
 
+import errno
 import fcntl
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,13 +22,26 @@ class RunDirectoryBusy(UserError):
     pass
 
 
+class UnsafeLock(UserError):
+    """A `.lock` planted as a link: truncating it would truncate its target."""
+
+
 @contextmanager
 def run_lock(run_dir: str | Path):
     """Hold `run_dir`'s lock for the block; a RunDirectoryBusy naming the holder's PID if another process has it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise UnsafeLock(f"{path}: a symbolic link where the run's lock file goes; remove it (not followed)") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link would truncate another file
+        os.close(fd)
+        raise UnsafeLock(f"{path}: not a plain file of its own (a link or a device); remove it")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,8 +9,16 @@ consecutive batches of it, and rank r trains on its own `accumulate` of them, so
 N × accumulate × trainer.batch_tokens and every rank takes the same number of steps.  Rank 0 alone
 writes the run directory, and alone logs below WARNING (one_log_per_job): the others' warnings and errors
 carry `[rank N]`.  Without those variables everything here is a no-op for one process.
+
+What ranks exchange besides gradients (the run directory, RNG states, the best score) travels as tensors in
+torch.save's format and is read back with weights_only=True: never a pickle another process could make run
+code.  The rendezvous store torchrun starts listens on every interface (PyTorch's TCPStore has no bind
+address) and the elastic agent trusts what it reads there: run several ranks only on a network you trust
+(docs/security.md).  On one machine, `make train NPROC=N` keeps gloo's own sockets on loopback
+(GLOO_SOCKET_IFNAME=lo).
 """
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -49,12 +57,18 @@ class Distributed:
         return tensor.tolist()
 
     def gather(self, obj) -> list:
-        """`obj` of every rank, in rank order, on every rank."""
+        """`obj` of every rank, in rank order, on every rank (as tensors: module docstring)."""
         if not self.enabled:
             return [obj]
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
+        data = to_bytes(obj)
+        sizes = [torch.zeros(1, dtype=torch.int64, device=data.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64, device=data.device))
+        longest = int(max(size.item() for size in sizes))
+        padded = torch.zeros(longest, dtype=torch.uint8, device=data.device)
+        padded[: len(data)] = data
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        return [from_bytes(t[: int(size.item())]) for t, size in zip(gathered, sizes)]
 
     def main_first(self, work):
         """`work()` on rank 0, then on the others (e.g. rank 0 builds a cache the others then read)."""
@@ -72,12 +86,33 @@ class Distributed:
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def broadcast(self, obj):
-        """Rank 0's `obj` on every rank."""
+        """Rank 0's `obj` on every rank (as tensors: module docstring)."""
         if not self.enabled:
             return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        data = to_bytes(obj) if self.is_main else torch.empty(0, dtype=torch.uint8, device=exchange_device())
+        size = torch.tensor([len(data)], dtype=torch.int64, device=data.device)
+        dist.broadcast(size, src=0)
+        data = data if self.is_main else torch.empty(int(size.item()), dtype=torch.uint8, device=data.device)
+        dist.broadcast(data, src=0)
+        return obj if self.is_main else from_bytes(data)
+
+
+def exchange_device() -> torch.device:
+    """Where tensors exchanged between ranks live: the GPU for nccl, else the CPU."""
+    nccl = dist.is_initialized() and dist.get_backend() == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+
+def to_bytes(obj) -> torch.Tensor:
+    """`obj` (strings, numbers, lists, dicts, tensors) as a uint8 tensor in torch.save's format."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8).to(exchange_device())
+
+
+def from_bytes(data: torch.Tensor):
+    """The value `to_bytes` encoded, read with weights_only=True: another rank's bytes never run code here."""
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=True)
 
 
 def from_environment(device_name: str) -> tuple[Distributed, torch.device]:

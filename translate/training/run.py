@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from translate.config.schema import train_config
+from translate.config.stored import stored_config
 from translate.runtime.checkpoints import CheckpointError, load_checkpoint
 from translate.runtime.errors import ConfigError
-from translate.runtime.files import remove_partial_writes, write_text
+from translate.runtime.files import read_yaml, refuse_planted_links, remove_partial_writes, write_text
 from translate.runtime.ranks import Distributed
 from translate.runtime.signals import GracefulStop, TrainingStopped
 from translate.training.trainer import Trainer
@@ -54,7 +54,8 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     """resume=auto continues or skips the run in `run_dir` only if it was started with the same settings."""
     if not (run_dir / "config.yaml").exists():
         return
-    changed = changed_settings(sections(train_config(run_dir / "config.yaml")), sections(cfg))
+    saved = stored_config(read_yaml(run_dir / "config.yaml"), run_dir / "config.yaml")
+    changed = changed_settings(sections(saved), sections(cfg))
     if changed:
         raise ConfigError(
             f"{run_dir} holds a run with other settings: {', '.join(changed)}; "
@@ -66,7 +67,7 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
 def check_resumable(cfg: DictConfig, checkpoint: Path) -> None:
     """Refuse, before any data is read, to resume a checkpoint of another model or tokenizer; changed trainer
     settings (a longer budget, say) are allowed and listed."""
-    saved = train_config(load_checkpoint(checkpoint, mmap=True)["config"])
+    saved = stored_config(load_checkpoint(checkpoint, mmap=True).get("config"), checkpoint)
     changed = changed_settings(sections(saved, ("data", "model")), sections(cfg, ("data", "model")))
     if changed:
         saved_values = " ".join(item.split(" (now ")[0] for item in changed)
@@ -131,6 +132,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, auto: bool) -> bool:
     """Under the lock: clear what a killed writer left, refuse to resume another run or to overwrite one, and
     set cfg.resume for resume=auto; True if the run is already finished."""
     remove_partial_writes(run_dir)
+    refuse_planted_links(run_dir)
     if auto:
         check_same_run(cfg, run_dir)
         cfg.resume = str(run_dir) if (run_dir / "last.pt").exists() else None
