@@ -32,6 +32,7 @@ from translate.runtime.files import UnsafePath, atomic_write, refuse_planted_lin
 from translate.runtime.lock import UnsafeLock, run_lock
 from translate.runtime.ranks import from_bytes, to_bytes
 from translate.training.averaging import average_run
+from translate.training.run import prepare_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "ein eine der die das mann frau hund kind spielt läuft sitzt auf dem im park wasser roten blauen ball".split()
@@ -178,6 +179,8 @@ def test_a_checkpoint_claiming_a_100_gb_model_is_refused_in_a_second_without_all
     weights = {f"t{i}": one for i in range(5)}  # one storage, saved once
     torch.save({"format": 2, "model": weights, "config": config, "vocab_size": 40}, run / "best.pt")
     assert (run / "best.pt").stat().st_size < 2_000
+    with torch.device("meta"):  # torch imports its meta kernels on first use (~2 s once per process, any size)
+        build_model(OmegaConf.structured(TINY), 40)
     before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
     with pytest.raises(CheckpointError, match="weights and config disagree"):
         load_run(run)
@@ -215,6 +218,7 @@ def test_torch_without_safe_weights_only_loading_is_refused():
         check_torch_version(version)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     class Payload:
         def __reduce__(self):
@@ -230,6 +234,18 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_run_directory_config_yaml_is_read_as_data_when_a_run_continues(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  dir: ${oc.env:HOME}\nmodel:\n  name: transformer\n")
+    cfg = OmegaConf.structured(TrainConfig)
+    with pytest.raises(CheckpointError, match=r"config.yaml: stored config key data.dir='\$\{oc.env:HOME\}'"):
+        prepare_run_dir(cfg, run, auto=True)
+    (run / "config.yaml").write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(UnsafePath, match="not YAML"):
+        prepare_run_dir(cfg, run, auto=True)
 
 
 # ---- run directories: no writing or reading through planted links ---------------------------------------------
@@ -341,6 +357,7 @@ def test_a_report_takes_the_run_from_the_directory_never_from_its_files(tmp_path
 # ---- ranks exchange tensors, never pickles -------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_values_ranks_exchange_round_trip_as_tensors_and_refuse_code():
     value = {"run": "runs/x", "rng": torch.get_rng_state(), "python_rng": list(range(5)), "best": (1.5, 3, None)}
     back = from_bytes(to_bytes(value))

@@ -18,7 +18,7 @@ from translate.evaluation.plots import bleu_by_length_figure, bucket_label, plt
 from translate.evaluation.spread import DEFAULT_SEED, write_seeds_report
 from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
-from translate.runtime.files import read_small
+from translate.runtime.files import read_small, read_yaml
 
 
 def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
@@ -66,8 +66,8 @@ def _length_buckets(row: dict, key: str | None) -> list[dict]:
 
 def _probe_texts(row: dict) -> tuple[list[str], list[str], list[str]] | None:
     """The probe's sources, references and this run's hypotheses, as evaluation wrote them."""
-    paths = [Path(row["run"]) / "eval" / f"{row['eval']['name']}_probe.{s}" for s in ("src", "ref", "hyp")]
-    return tuple(p.read_text(encoding="utf-8").splitlines() for p in paths) if all(p.exists() for p in paths) else None
+    paths = [Path(row["run"]) / "eval" / f"test_probe.{s}" for s in ("src", "ref", "hyp")]  # never a name a file says
+    return tuple(read_small(p, 1 << 30).splitlines() for p in paths) if all(p.exists() for p in paths) else None
 
 
 def probe_lead_growth(row: dict, baseline: dict) -> dict | None:
@@ -210,7 +210,10 @@ def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
 def run_seed(run_dir: Path) -> int:
     """The seed a run was trained with (its config.yaml); the default seed for a directory without one."""
     config = run_dir / "config.yaml"
-    return int(yaml.safe_load(config.read_text())["trainer"]["seed"]) if config.exists() else DEFAULT_SEED
+    seed = read_yaml(config).get("trainer", {}).get("seed", DEFAULT_SEED) if config.exists() else DEFAULT_SEED
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"{config}: trainer.seed={seed!r} is not a seed; a run's config.yaml is written by make train")
+    return seed
 
 
 def write_reports(run_dirs: list[Path], out: Path) -> Path:
