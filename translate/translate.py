@@ -2,7 +2,8 @@
 
 Reads raw sentences from stdin, one per line, and writes detokenized translations to
 stdout, one per line and in order — always: an empty line gives an empty line, bytes that
-are not UTF-8 are replaced (U+FFFD), a line longer than the model can read is cut, and a
+are not UTF-8 are replaced (U+FFFD), a line longer than the model can read is cut (a line over
+MAX_LINE_BYTES is cut there as it is read, the rest of it never held), and a
 line that fails to translate gives an empty line, each with a warning on stderr naming the
 line (exit code 3 if any line failed).  From a terminal it works interactively: a prompt on
 stderr, each translation as soon as its line is entered.  Decoding follows `eval.*`
@@ -19,7 +20,7 @@ model (`make export` writes it; translate/decoding/ct2_export.py, ct2.py), under
 
 import logging
 import sys
-from itertools import islice
+from collections.abc import Iterator
 
 import hydra
 import torch
@@ -27,6 +28,7 @@ from omegaconf import DictConfig
 
 from translate.config.rules import check_config
 from translate.config.schema import register_configs
+from translate.data.corpus import MAX_LINE_BYTES, read_bounded_line
 from translate.decoding.ct2 import load_export
 from translate.decoding.inference import attention_of, load_run, translate_safely
 from translate.runtime.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
@@ -35,6 +37,8 @@ log = logging.getLogger("translate")
 register_configs()
 
 CHUNK = 1000  # lines decoded together when stdin is a file or a pipe
+CHUNK_BYTES = 4 << 20  # … or fewer, once their text reaches this size
+MAX_DRAWN = 64  # pieces per axis of an attention figure: 0.32 inch each at 120 dpi, 2600 pixels, ~250 MB to draw
 
 
 def decode_line(raw: bytes, number: int) -> str:
@@ -48,6 +52,39 @@ def decode_line(raw: bytes, number: int) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+def input_lines(stream, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a binary stream, read `limit` bytes at most: a longer line is cut
+    there (on a UTF-8 character boundary) and the rest of it read and dropped in bounded pieces, with a warning
+    naming the line."""
+    number = 0
+    while True:
+        raw, cut = read_bounded_line(stream, limit)
+        if not raw and not cut:
+            return
+        number += 1
+        if cut:
+            log.warning(
+                "line %d: longer than %d bytes; translating its first %d bytes (the rest is not read)",
+                number,
+                limit,
+                len(raw),
+            )
+        yield number, decode_line(raw, number)
+
+
+def chunks(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
+    """(number of the first line, lines): CHUNK lines at a time, fewer once they hold CHUNK_BYTES of text."""
+    first, chunk, size = 0, [], 0
+    for number, line in lines:
+        first, size = first or number, size + len(line)
+        chunk.append(line)
+        if len(chunk) == CHUNK or size >= CHUNK_BYTES:
+            yield first, chunk
+            first, chunk, size = 0, [], 0
+    if chunk:
+        yield first, chunk
+
+
 def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) -> list[str]:
     """Translate the one non-empty line of `lines`, drawing its attention into `path`."""
     texts = [line.strip() for line in lines if line.strip()]
@@ -56,7 +93,20 @@ def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) 
     hyps, src_pieces, tgt_pieces = attention_of(model, tokenizer, texts[0], ec)
     from translate.evaluation.plots import attention_figure  # matplotlib only when a figure is asked for
 
-    attention_figure(hyps[0].attention.numpy(), src_pieces, tgt_pieces).savefig(path, dpi=120)
+    weights = hyps[0].attention.numpy()  # (T, S): S is what the model read, the source cut at its limit and EOS
+    if len(src_pieces) > weights.shape[1]:
+        src_pieces = src_pieces[: weights.shape[1] - 1] + src_pieces[-1:]
+    rows, cols = min(len(tgt_pieces), MAX_DRAWN), min(len(src_pieces), MAX_DRAWN)
+    if (rows, cols) != (len(tgt_pieces), len(src_pieces)):
+        log.warning(
+            "attention=%s: %d target × %d source pieces; drawing the first %d × %d",
+            path,
+            len(tgt_pieces),
+            len(src_pieces),
+            rows,
+            cols,
+        )
+    attention_figure(weights[:rows, :cols], src_pieces[:cols], tgt_pieces[:rows]).savefig(path, dpi=120)
     translation = "\t".join(tokenizer.decode([h.tokens for h in hyps]))
     return [translation if line.strip() else "" for line in lines]
 
@@ -78,26 +128,34 @@ def run(cfg: DictConfig) -> int:
                 f"attention={cfg.attention}: model {name} has no attention to draw; "
                 "use an rnn_attention or transformer run"
             )
-        lines = [decode_line(raw, i) for i, raw in enumerate(stdin.read().splitlines(), start=1)]
+        lines, others, any_text = [], 0, False  # non-empty lines after the first are counted, not kept
+        for _, line in input_lines(stdin):
+            if line.strip() and any_text:
+                others += 1
+                continue
+            any_text = any_text or bool(line.strip())
+            lines.append(line)
+        if others:
+            raise ConfigError(
+                f"attention={cfg.attention} draws one sentence; the input has {others + 1} non-empty lines"
+            )
         for line in translate_with_attention(model, tokenizer, lines, ec, cfg.attention):
             print(line)
         print(f"wrote {cfg.attention}", file=sys.stderr)
     elif sys.stdin.isatty():
         print("translating one sentence per line; Ctrl-D ends", file=sys.stderr)
-        number = 0
-        while print("> ", end="", file=sys.stderr, flush=True) or (raw := stdin.readline()):
-            number += 1
-            outputs, bad = translate_safely(model, tokenizer, [decode_line(raw, number)], ec, number)
+        lines = input_lines(stdin)
+        while print("> ", end="", file=sys.stderr, flush=True) or (item := next(lines, None)):
+            number, line = item
+            outputs, bad = translate_safely(model, tokenizer, [line], ec, number)
             print(outputs[0], flush=True)
             failed += bad
     else:
-        number = 1
-        while raws := list(islice(stdin, CHUNK)):
-            lines = [decode_line(raw, number + i) for i, raw in enumerate(raws)]
-            outputs, bad = translate_safely(model, tokenizer, lines, ec, number)
+        for first, lines in chunks(input_lines(stdin)):
+            outputs, bad = translate_safely(model, tokenizer, lines, ec, first)
             sys.stdout.writelines(out + "\n" for out in outputs)
             sys.stdout.flush()
-            number, failed = number + len(raws), failed + bad
+            failed += bad
     return failed
 
 

@@ -2,8 +2,9 @@
 
 Every source is a `PairSource`: iterating it yields (source, target) strings one pair at a time, checked on the
 way (a broken file stops the run with one line naming the file, the line and the fix), and `identity()` names
-its content for the caches (tokenizer, token store).  Nothing holds a whole training split in memory; the small
-splits (valid, test) become `Pairs`, two lists of raw strings.
+its content for the caches (tokenizer, token store).  Lines are read with a byte limit (`MAX_LINE_BYTES`): a
+longer line is never held whole, its pair is skipped and counted (`skipped`, one warning per pass).  Nothing
+holds a whole training split in memory; the small splits (valid, test) become `Pairs`, two lists of raw strings.
 
     for src, tgt in TextFiles(Path("train.de.gz"), Path("train.en.gz")): ...
 
@@ -18,7 +19,7 @@ import json
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from translate.runtime.errors import UserError
@@ -29,6 +30,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_MULTI30K = PROJECT_ROOT.parent / "shared" / "data" / "multi30k"
 ROLES = ("train", "valid", "test")
 FORMATS = ("text", "tsv", "jsonl")  # {split}.{lang}[.gz] pairs of files | {split}.tsv[.gz] | {split}.jsonl[.gz]
+MAX_LINE_BYTES = 64 * 1024  # a corpus line longer than this is skipped unread (a sentence is far shorter)
+SKIP_CHUNK = 1 << 16  # the rest of an over-long line is read and dropped this many bytes at a time
 
 
 class CorpusError(UserError, ValueError):
@@ -39,6 +42,7 @@ class CorpusError(UserError, ValueError):
 class Pairs:
     src: list[str]
     tgt: list[str]
+    skipped: int = field(default=0, compare=False)  # pairs the source left out: a line over its byte limit
 
     def __post_init__(self):
         if len(self.src) != len(self.tgt):
@@ -52,18 +56,48 @@ class Pairs:
 
     @classmethod
     def read(cls, source, limit: int | None = None) -> "Pairs":
-        """The first `limit` pairs of a source (all of them with None)."""
+        """The first `limit` pairs of a source (all of them with None); pairs with a line over the source's byte
+        limit are skipped (and counted in `skipped`), as when streaming."""
         pairs = list(itertools.islice(source, limit))
-        return cls([s for s, _ in pairs], [t for _, t in pairs])
+        return cls([s for s, _ in pairs], [t for _, t in pairs], getattr(source, "skipped", 0))
 
 
 class PairSource:
-    """Sentence pairs, streamed: `iter(source)` yields (source, target) strings; `origin` names it in messages."""
+    """Sentence pairs, streamed: `iter(source)` yields (source, target) strings; `origin` names it in messages.
+    `skipped`: the pairs of the current (or last) pass left out because a side's line was over the byte limit."""
 
     origin: str
+    skipped: int = 0
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         raise NotImplementedError
+
+    def _without_long_lines(self, rows: Iterator[tuple[Path, int, tuple[str, str] | None]], limit: int):
+        """The pairs of `rows` ((file, line number, pair or None for a line over `limit` bytes)), the None ones
+        counted in `skipped` and named in one warning at the end of the pass (or where the reader stops)."""
+        self.skipped, first = 0, None
+        try:
+            for path, number, pair in rows:
+                if pair is not None:
+                    yield pair
+                    continue
+                self.skipped += 1
+                first = first or f"{path}:{number}"
+        except GeneratorExit:
+            self._warn_skipped(first, limit)
+            raise
+        self._warn_skipped(first, limit)
+
+    def _warn_skipped(self, first: str | None, limit: int) -> None:
+        if self.skipped:
+            log.warning(
+                "%s: %d sentence pair(s) skipped, a line over %d bytes (the first at %s); split or shorten such "
+                "lines to keep them",
+                self.origin,
+                self.skipped,
+                limit,
+                first,
+            )
 
     def identity(self) -> str:
         """What the content is, for cache keys: changes whenever a pair could."""
@@ -78,13 +112,40 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, stripped text) of a UTF-8 text file, gzipped if it ends in .gz, one line at a time."""
+def read_bounded_line(stream, limit: int = MAX_LINE_BYTES) -> tuple[bytes, bool]:
+    """The next line of a binary stream, newline included, and whether it was cut: a line over `limit` bytes
+    gives its first `limit` bytes or fewer (ending on a UTF-8 character boundary), the rest of it read and
+    dropped `SKIP_CHUNK` bytes at a time, so memory stays bounded whatever the line.  b"" at the end."""
+    line = stream.readline(limit + 1)
+    if len(line) <= limit or line.endswith(b"\n"):
+        return line, False
+    rest = line[-1:]
+    while rest and not rest.endswith(b"\n"):
+        rest = stream.readline(SKIP_CHUNK)
+    cut = limit
+    for _ in range(3):  # back over the continuation bytes (0b10xxxxxx) of a character cut in two
+        if cut == 0 or line[cut] & 0xC0 != 0x80:
+            break
+        cut -= 1
+    return line[:cut], True
+
+
+def iter_lines(path: str | Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | None]]:
+    """(line number, stripped text) of a UTF-8 text file, gzipped if it ends in .gz, one line at a time; a line
+    over `limit` bytes is never held whole: it gives (line number, None)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: file not found")
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as raw:
-        for number, line in enumerate(io.BufferedReader(raw, 1 << 20), start=1):
+        reader, number = io.BufferedReader(raw, 1 << 20), 0
+        while True:
+            line, cut = read_bounded_line(reader, limit)
+            if not line and not cut:
+                return
+            number += 1
+            if cut:
+                yield number, None
+                continue
             try:
                 yield number, line.decode("utf-8").strip()
             except UnicodeDecodeError as e:
@@ -94,9 +155,18 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """A whole (small) text file as a list of stripped lines."""
-    return [text for _, text in iter_lines(path)]
+def read_lines(path: str | Path, limit: int = MAX_LINE_BYTES) -> list[str]:
+    """A whole (small) text file as a list of stripped lines; a line over `limit` bytes is left out, with a
+    warning naming the first and the count."""
+    lines, long = [], []
+    for number, text in iter_lines(path, limit):
+        if text is None:
+            long.append(number)
+        else:
+            lines.append(text)
+    if long:
+        log.warning("%s: %d line(s) over %d bytes left out (the first is line %d)", path, len(long), limit, long[0])
+    return lines
 
 
 @dataclass
@@ -105,12 +175,16 @@ class TextFiles(PairSource):
 
     src: Path
     tgt: Path
+    max_line_bytes: int = field(default=MAX_LINE_BYTES, kw_only=True)
 
     def __post_init__(self):
         self.origin = f"{self.src} + {Path(self.tgt).name}"
 
     def __iter__(self):
-        src, tgt, count = iter_lines(self.src), iter_lines(self.tgt), 0
+        return self._without_long_lines(self._rows(), self.max_line_bytes)
+
+    def _rows(self):
+        src, tgt, count = iter_lines(self.src, self.max_line_bytes), iter_lines(self.tgt, self.max_line_bytes), 0
         for a, b in itertools.zip_longest(src, tgt):
             if a is None or b is None:  # one file ended first: count the rest of the other
                 n_src, n_tgt = (
@@ -122,10 +196,13 @@ class TextFiles(PairSource):
                     "the files must be line-aligned (line i translates line i)"
                 )
             count += 1
-            yield a[1], b[1]
+            if a[1] is None or b[1] is None:  # a side over the limit: skipped, the files stay aligned
+                yield (self.src, a[0], None) if a[1] is None else (self.tgt, b[0], None)
+            else:
+                yield self.src, a[0], (a[1], b[1])
 
     def identity(self) -> str:
-        return f"text:{file_digest(Path(self.src))}:{file_digest(Path(self.tgt))}"
+        return f"text:{file_digest(Path(self.src))}:{file_digest(Path(self.tgt))}{line_limit_key(self)}"
 
 
 @dataclass
@@ -133,22 +210,29 @@ class TsvFile(PairSource):
     """One file, `source<TAB>target` per line."""
 
     path: Path
+    max_line_bytes: int = field(default=MAX_LINE_BYTES, kw_only=True)
 
     def __post_init__(self):
         self.origin = str(self.path)
 
     def __iter__(self):
-        for number, line in iter_lines(self.path):
+        return self._without_long_lines(self._rows(), self.max_line_bytes)
+
+    def _rows(self):
+        for number, line in iter_lines(self.path, self.max_line_bytes):
+            if line is None:
+                yield self.path, number, None
+                continue
             fields = line.split("\t")
             if len(fields) != 2:
                 raise CorpusError(
                     f"{self.path}:{number}: {len(fields)} tab-separated fields; "
                     "each line must be <source>TAB<target> (tabs inside a sentence are not allowed)"
                 )
-            yield fields[0].strip(), fields[1].strip()
+            yield self.path, number, (fields[0].strip(), fields[1].strip())
 
     def identity(self) -> str:
-        return f"tsv:{file_digest(Path(self.path))}"
+        return f"tsv:{file_digest(Path(self.path))}{line_limit_key(self)}"
 
 
 @dataclass
@@ -158,25 +242,71 @@ class JsonlFile(PairSource):
     path: Path
     src_lang: str
     tgt_lang: str
+    max_line_bytes: int = field(default=MAX_LINE_BYTES, kw_only=True)
 
     def __post_init__(self):
         self.origin = str(self.path)
 
     def __iter__(self):
-        shape = f'each line must be {{"{self.src_lang}": "…", "{self.tgt_lang}": "…"}}'
-        for number, line in iter_lines(self.path):
+        return self._without_long_lines(self._rows(), self.max_line_bytes)
+
+    def _rows(self):
+        shape = f'each line must be {{"{self.src_lang}": "…", "{self.tgt_lang}": "…"}} (two strings)'
+        for number, line in iter_lines(self.path, self.max_line_bytes):
+            if line is None:
+                yield self.path, number, None
+                continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{self.path}:{number}: not JSON ({e.msg} at column {e.colno}); {shape}") from None
-            row = row.get("translation", row) if isinstance(row, dict) else {}
+                pair = self._pair(json_row(line))
+            except ValueError as e:  # one line: the file, the line, what is wrong, the shape expected
+                raise CorpusError(f"{self.path}:{number}: {e}; {shape}") from None
+            yield self.path, number, pair
+
+    def _pair(self, row) -> tuple[str, str]:
+        if not isinstance(row, dict):
+            raise ValueError(f"a JSON {json_kind(row)}, not an object")
+        if "translation" in row:
+            if not isinstance(row["translation"], dict):
+                raise ValueError(f'"translation" is a JSON {json_kind(row["translation"])}, not an object')
+            row = row["translation"]
+        texts = []
+        for lang in (self.src_lang, self.tgt_lang):
+            if lang not in row:
+                raise ValueError(f"no key {lang!r}")
+            if not isinstance(row[lang], str):
+                raise ValueError(f"{lang!r} is a JSON {json_kind(row[lang])}, not a string")
             try:
-                yield str(row[self.src_lang]).strip(), str(row[self.tgt_lang]).strip()
-            except KeyError as e:
-                raise CorpusError(f"{self.path}:{number}: no key {e}; {shape}") from None
+                row[lang].encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{lang!r} holds a lone surrogate escape (\\ud800-\\udfff)") from None
+            texts.append(row[lang].strip())
+        return texts[0], texts[1]
 
     def identity(self) -> str:
-        return f"jsonl:{self.src_lang}-{self.tgt_lang}:{file_digest(Path(self.path))}"
+        return f"jsonl:{self.src_lang}-{self.tgt_lang}:{file_digest(Path(self.path))}{line_limit_key(self)}"
+
+
+def json_row(line: str):
+    """json.loads, every failure a ValueError of one line: not JSON, a number too long, nesting too deep."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("not usable JSON (nested too deep to read)") from None
+    except ValueError as e:  # e.g. an integer of over 4300 digits (sys.get_int_max_str_digits)
+        raise ValueError(f"not usable JSON ({str(e).splitlines()[0].split(':')[0]})") from None
+
+
+def json_kind(value) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    kinds = ((str, "string"), (bool, "boolean"), (int, "number"), (float, "number"), (list, "array"), (dict, "object"))
+    return "null" if value is None else next((name for kind, name in kinds if isinstance(value, kind)), "value")
+
+
+def line_limit_key(source) -> str:
+    """A non-default line limit in a source's identity (it changes which pairs are read)."""
+    return "" if source.max_line_bytes == MAX_LINE_BYTES else f"|max_line_bytes={source.max_line_bytes}"
 
 
 def synthetic_symbols(cfg) -> list[str]:
@@ -211,25 +341,29 @@ class SyntheticSplit(PairSource):
 
 class TrainingPairs:
     """The training pairs of a source, cut to `limit`: pairs with an empty side are dropped and counted (`read`,
-    `empty` after a pass), and a source left with none is an error.  Iterable any number of times (the tokenizer
-    and the store each read it)."""
+    `empty` after a pass), so are those the source skipped for a line over its byte limit (`too_long`, not in
+    `read`), and a source left with none is an error.  Iterable any number of times (the tokenizer and the store
+    each read it)."""
 
     def __init__(self, source: PairSource, limit: int | None = None):
         self.source, self.limit, self.origin = source, limit, source.origin
-        self.read = self.empty = 0
+        self.read = self.empty = self.too_long = 0
         self._identity = None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        self.read = self.empty = 0
+        self.read = self.empty = self.too_long = 0
         for src, tgt in itertools.islice(self.source, self.limit):
             self.read += 1
             if src and tgt:
                 yield src, tgt
             else:
                 self.empty += 1
+        self.too_long = self.source.skipped
         if self.read == self.empty:
+            limit = getattr(self.source, "max_line_bytes", MAX_LINE_BYTES)
+            long = f", {self.too_long} more over {limit} bytes skipped" if self.too_long else ""
             raise CorpusError(
-                f"{self.origin}: no training pairs with text on both sides ({self.read} lines); check the files"
+                f"{self.origin}: no training pairs with text on both sides ({self.read} lines{long}); check the files"
             )
 
     def sentences(self) -> Iterator[str]:
@@ -250,6 +384,7 @@ def split_file(directory: Path, name: str) -> Path:
     return gz if gz.exists() or not (directory / name).exists() else directory / name
 
 
-def read_pair_files(src_path: str | Path, tgt_path: str | Path) -> Pairs:
-    """Two whole line-aligned files (e.g. eval.src / eval.ref); unequal line counts are an error."""
-    return Pairs.read(TextFiles(Path(src_path), Path(tgt_path)))
+def read_pair_files(src_path: str | Path, tgt_path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Pairs:
+    """Two whole line-aligned files (e.g. eval.src / eval.ref); unequal line counts are an error, a pair with a
+    line over `max_line_bytes` is skipped and counted."""
+    return Pairs.read(TextFiles(Path(src_path), Path(tgt_path), max_line_bytes=max_line_bytes))

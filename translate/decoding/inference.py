@@ -4,6 +4,7 @@
     translations = translate_texts(model, tokenizer, texts, ec)      # ec: an EvalConfig's decoding settings
     outputs, failed = translate_safely(model, tokenizer, lines, ec, first=1)   # one output per line, always
     hyps, src_pieces, tgt_pieces = attention_of(model, tokenizer, text, ec)  # one sentence, with its attention
+    results = translate_full(model, tokenizer, texts, ec, attention=True)  # Translation: text, score, n-best, maps
 
 `model` is our PyTorch model or a CTranslate2 export (`translate.decoding.ct2.CT2Model`); both decode
 under the same rules: the source cut at the model's limit (with a warning naming it), greedy or beam
@@ -12,12 +13,14 @@ the export and the scripts all go through here.
 """
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from translate.config.stored import model_for_weights, stored_config
+from translate.data.batching import collate
 from translate.data.tokenizer import BOS, EOS, Tokenizer
 from translate.decoding.search import Hypothesis, source_limit, translate_ids
 from translate.runtime.checkpoints import CheckpointError, find_checkpoint, inference_weights, load_checkpoint
@@ -78,17 +81,20 @@ CHARS_PER_TOKEN = 16  # SentencePiece's longest piece (max_piece_length): N·16 
 MAX_SOURCE_CHARS = 1 << 16  # the cut for a model without a source limit (none of ours has none)
 
 
-def translate_texts(
-    model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True, names: list[str] | None = None
-) -> list[str]:
-    """Raw source sentences in, detokenized translations out (input order kept).
+@dataclass
+class Translation:
+    """One text's translation: the best, its n-best list, and (asked for) where the model looked."""
 
-    `model`: ours (search.translate_ids) or a CT2Model (its own translate_ids).  With ec.n_best > 1 each
-    sentence has n_best translations in a row, best first.  A sentence longer
-    than the model can read is cut, with a warning naming it (`names[i]`, default `sentence <i + 1>`): first to
-    `CHARS_PER_TOKEN` characters per token of the model's limit (so the tokenizer never sees megabytes), then to
-    the limit in tokens.
-    """
+    text: str
+    score: float  # log-probability of the best translation, EOS included
+    n_best: list[tuple[str, float]]  # (translation, log-probability), best first; the best is the first
+    attention: dict | None = None  # attention_record(): source and target pieces, maps by layer and head
+
+
+def encode_sources(model, tokenizer: Tokenizer, texts: list[str], names: list[str] | None = None) -> list[list[int]]:
+    """Token ids of each text, cut to what the model can read, with a warning naming each cut text (`names[i]`,
+    default `sentence <i + 1>`): first to `CHARS_PER_TOKEN` characters per token of the model's limit (so the
+    tokenizer never sees megabytes), then to the limit in tokens (search cuts there)."""
     limit = source_limit(model)
     chars = MAX_SOURCE_CHARS if limit is None else limit * CHARS_PER_TOKEN
     long = [len(text) > chars for text in texts]
@@ -101,13 +107,72 @@ def translate_texts(
                 log.warning("%s: %s subword tokens; translating its first %d characters", name, count, chars)
             else:
                 log.warning("%s: %s subword tokens; translating its first %d (the model's limit)", name, count, limit)
+    return sources
+
+
+def decode_sources(model, sources: list[list[int]], ec, progress: bool = False, need_attention=False):
+    """n_best Hypotheses per source, flat (those of source i at [i·n, (i+1)·n)): ours or a CT2Model's search."""
     options = decoding_options(ec)
-    if isinstance(model, torch.nn.Module):
-        with tqdm(total=len(texts), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:
-            hyps = translate_ids(model, sources, BOS, EOS, progress=bar, **options)
-    else:  # an engine with its own search over the same rules (CT2Model)
-        hyps = model.translate_ids(sources, **options)
+    if not isinstance(model, torch.nn.Module):  # an engine with its own search over the same rules (CT2Model)
+        return model.translate_ids(sources, **options)
+    with tqdm(total=len(sources), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:
+        return translate_ids(model, sources, BOS, EOS, progress=bar, need_attention=need_attention, **options)
+
+
+def translate_texts(
+    model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True, names: list[str] | None = None
+) -> list[str]:
+    """Raw source sentences in, detokenized translations out (input order kept).
+
+    `model`: ours (search.translate_ids) or a CT2Model (its own translate_ids).  With ec.n_best > 1 each
+    sentence has n_best translations in a row, best first.  Long texts are cut (encode_sources).
+    """
+    hyps = decode_sources(model, encode_sources(model, tokenizer, texts, names), ec, progress)
     return tokenizer.decode([h.tokens for h in hyps])
+
+
+def translate_full(model, tokenizer: Tokenizer, texts: list[str], ec, attention: bool = False) -> list[Translation]:
+    """Each text's Translation: text, score, n-best list and, with `attention`, where the model looked
+    (None for a model without attention or a CTranslate2 export)."""
+    sources, n = encode_sources(model, tokenizer, texts), ec.n_best
+    hyps = decode_sources(model, sources, ec)
+    decoded = tokenizer.decode([h.tokens for h in hyps])
+    results = [
+        Translation(decoded[i * n], hyps[i * n].score, [(decoded[k], hyps[k].score) for k in range(i * n, i * n + n)])
+        for i in range(len(texts))
+    ]
+    if attention and isinstance(model, torch.nn.Module) and model.has_attention and texts:
+        best = [hyps[i * n] for i in range(len(texts))]
+        for result, record in zip(results, attention_records(model, tokenizer, sources, best)):
+            result.attention = record
+    return results
+
+
+@torch.no_grad()
+def attention_records(model, tokenizer: Tokenizer, sources: list[list[int]], best: list[Hypothesis]) -> list[dict]:
+    """Where the model looked while writing each best translation, teacher-forced on it in one batch: per text
+    {"source": pieces, "target": pieces, "maps": {"<layer>": T×S mean over heads, "<layer>/head<h>": …}}, rows
+    the target pieces (EOS included), columns the source pieces (EOS included); weights rounded to 4 places."""
+    limit, eos = source_limit(model), tokenizer.id_to_piece([EOS])
+    sources = [ids[:limit] for ids in sources]
+    targets = [h.tokens[: (model.max_positions or len(h.tokens) + 1) - 1] for h in best]
+    batch = collate(sources, targets, list(range(len(sources)))).to(next(model.parameters()).device)
+    heads = [None] + (list(range(model.attention_heads)) if model.attention_heads > 1 else [])
+    maps = {}
+    for head in heads:
+        for name, weights in model.attention_maps(batch.src, batch.src_mask, batch.tgt_in, head).items():
+            maps[name if head is None else f"{name}/head{head + 1}"] = weights.float().cpu()
+    records = []
+    for i, (src, tgt) in enumerate(zip(sources, targets)):
+        rows, cols = len(tgt) + 1, len(src) + 1
+        records.append(
+            {
+                "source": tokenizer.id_to_piece(src) + eos,
+                "target": tokenizer.id_to_piece(tgt) + eos,
+                "maps": {name: w[i, :rows, :cols].round(decimals=4).tolist() for name, w in maps.items()},
+            }
+        )
+    return records
 
 
 def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1) -> list[str]:
@@ -140,9 +205,7 @@ def translate_safely(model, tokenizer, lines: list[str], ec, first: int) -> tupl
 def attention_of(model, tokenizer: Tokenizer, text: str, ec) -> tuple[list[Hypothesis], list[str], list[str]]:
     """One sentence's hypotheses (the best first, each with its attention (T, S)) and the source and target
     pieces of the best, EOS included, for drawing: rows are target pieces, columns source pieces."""
-    hyps: list[Hypothesis] = translate_ids(
-        model, tokenizer.encode([text]), BOS, EOS, need_attention=True, **decoding_options(ec)
-    )
+    hyps: list[Hypothesis] = decode_sources(model, encode_sources(model, tokenizer, [text]), ec, need_attention=True)
     best, eos = hyps[0], tokenizer.id_to_piece([EOS])
     src_pieces = tokenizer.pieces([text])[0] + eos
     tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[: len(best.attention)]  # no EOS row if cut at the limit

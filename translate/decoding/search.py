@@ -177,7 +177,8 @@ def beam_search(
 
 
 def source_limit(model) -> int | None:
-    """Source tokens a model (ours or a CT2Model) can read, its EOS not counted; None for no limit."""
+    """Source tokens a model (ours or a CT2Model) can read, its EOS not counted.  Every model of translate/models
+    has a finite `max_positions` (the RNNs too); None only for a model without one, which is read whole."""
     return None if model.max_positions is None else model.max_positions - 1
 
 

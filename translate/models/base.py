@@ -10,6 +10,7 @@ A decoding state is a dict whose tensors — alone, in lists, or in NamedTuples 
 in dim 0, so search can keep, drop or repeat sentences with `index_select(0, …)` without knowing
 the model (`translate.decoding.search.select`).  Nothing of a sentence is kept on the modules.
 `max_positions` is the longest sequence (source with its EOS, or target) the model can place, or None.
+`attention_heads`: how many heads `attention_maps(…, head=h)` can pick from (1 for the RNNs).
 
 Attention, for the models that have it (`has_attention`):
     decode_step(state, prev, need_attention=True)     also puts this step's weights in state["attention"], (B, S)
@@ -62,7 +63,8 @@ class EncoderDecoder(nn.Module):
     """The parts of the contract that are the same for every model."""
 
     has_attention = False
-    max_positions: int | None = None  # recurrent models have no position limit
+    max_positions: int | None = None  # every model of this project sets one (the RNNs' is a cap, not a table)
+    attention_heads = 1  # maps per attention layer: the Transformer's heads
 
     def forward(self, src, src_mask, tgt_in, return_attention: bool = False):
         """Teacher forcing: logits (B, T, V) [, attention (B, T, S)]."""

@@ -72,6 +72,10 @@ class Maxout(nn.Module):
 class RNNSeq2Seq(EncoderDecoder):
     """Shared parts: a joint embedding, the encoder, the maxout readout and the output layer."""
 
+    # A recurrence places any length, but search cuts every source and output at a model's limit so that one
+    # input cannot make a batch of megabytes: the Transformer's default (PositionalEncoding max_len=1024).
+    max_positions = 1024
+
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__()
         self.cell = cfg.cell

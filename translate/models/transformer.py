@@ -148,7 +148,7 @@ class Transformer(EncoderDecoder):
     def __init__(self, cfg, vocab_size: int, pad_id: int):
         super().__init__()
         d, args = cfg.d_model, (cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.pre_norm, cfg.attention_dropout)
-        self.d_model = d
+        self.d_model, self.attention_heads = d, cfg.heads
         self.embedding = nn.Embedding(vocab_size, d, padding_idx=pad_id)
         self.tgt_embedding = self.embedding if cfg.tie_embeddings else nn.Embedding(vocab_size, d, padding_idx=pad_id)
         self.positions, self.dropout = PositionalEncoding(d), Dropout(cfg.dropout)
