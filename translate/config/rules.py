@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from translate.config.schema import SCHEDULES, AverageConfig, ExportConfig, TrainConfig, TranslateConfig
+from translate.config.schema import (
+    SCHEDULES,
+    AverageConfig,
+    ExportConfig,
+    ServeConfig,
+    TrainConfig,
+    TranslateConfig,
+)
 from translate.data.corpus import FORMATS
 from translate.models import MODELS, build_model
 from translate.models.attention import SCORERS
@@ -82,6 +89,10 @@ RULES: dict[str, Rule] = {
     **{f"eval.{k}": POSITIVE for k in ("batch_tokens", "beam_size", "n_best", "max_len_ratio")},
     **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty", "max_len_offset", "probe_k", "probe_per_k")},
     **dict.fromkeys(["eval.length_buckets", "eval.probe_length_buckets"], BUCKETS),
+    # serve
+    **{k: POSITIVE for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "max_queue", "batch_tokens")},
+    "port": (lambda v: 0 < v < 65536, "must be a TCP port, 1-65535"),
+    "max_wait_ms": NON_NEGATIVE,
     # translate and export (decoding/ct2_export.py): the engine, and CTranslate2's weight types
     "engine": one_of("torch", "ct2"),
     "quantization": one_of(
@@ -90,6 +101,8 @@ RULES: dict[str, Rule] = {
 }
 DEFAULTS = OmegaConf.structured(TrainConfig)
 OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization, "out": AverageConfig.out}
+OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "port")}
+OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_queue", "batch_tokens", "max_wait_ms")}
 ABSENT = object()
 
 

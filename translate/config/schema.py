@@ -209,6 +209,22 @@ class TranslateConfig:
 
 
 @dataclass
+class ServeConfig:
+    run: str | None = None  # a run directory to serve (make serve RUN=…), first
+    runs: list[str] = field(default_factory=list)  # more run directories (make serve RUNS="…")
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0 serves the network (with a warning)
+    port: int = 8000
+    eval: EvalConfig = field(default_factory=EvalConfig)  # checkpoint, device and the default decoding settings
+    max_texts: int = 64  # texts per request
+    max_chars: int = 2000  # characters per text
+    max_body_kb: int = 1024  # request body size
+    max_beam: int = 16
+    max_queue: int = 256  # requests waiting; more get 503 with Retry-After
+    batch_tokens: int = 4000  # source tokens × beam a batch of requests may hold
+    max_wait_ms: float = 5.0  # how long the worker waits for requests to join a batch
+
+
+@dataclass
 class AverageConfig:
     run: str = "???"  # the run directory written by training
     last: int = 5  # average the newest `last` numbered checkpoints step_<N>.pt (see trainer.keep_last)
@@ -274,4 +290,5 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="translate_schema", node=TranslateConfig)
     cs.store(name="average_schema", node=AverageConfig)
+    cs.store(name="serve_schema", node=ServeConfig)
     cs.store(name="export_schema", node=ExportConfig)

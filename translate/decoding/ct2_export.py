@@ -66,7 +66,7 @@ def import_ctranslate2():
         import ctranslate2
     except ImportError:
         raise UserError(
-            "ctranslate2: not installed; make export and engine=ct2 need it: pip install -e '.[serve]'"
+            "ctranslate2: not installed; make export and engine=ct2 need it: pip install -e '.[ct2]'"
         ) from None
     return ctranslate2
 

@@ -169,7 +169,7 @@ def attention_records(model, tokenizer: Tokenizer, sources: list[list[int]], bes
             {
                 "source": tokenizer.id_to_piece(src) + eos,
                 "target": tokenizer.id_to_piece(tgt) + eos,
-                "maps": {name: w[i, :rows, :cols].round(decimals=4).tolist() for name, w in maps.items()},
+                "maps": {name: w[i, :rows, :cols].double().round(decimals=4).tolist() for name, w in maps.items()},
             }
         )
     return records

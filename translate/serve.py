@@ -1,0 +1,65 @@
+"""Serve trained runs over HTTP: `python -m translate.serve run=<run dir> ['runs=[<run dir>, …]'] [port=8000]`.
+
+FastAPI on uvicorn, 127.0.0.1:8000 by default: the JSON API (/v1/models, /v1/translate, /healthz, OpenAPI at
+/docs) and, at /, a page comparing the runs' translations and attention (translate/serving/app.py).
+Requests are batched by one worker (translate/serving/batcher.py).  SIGTERM or Ctrl-C: no new requests,
+those in flight finish, exit 0.
+"""
+
+import ipaddress
+import logging
+import signal
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from translate.config.rules import check_config
+from translate.config.schema import register_configs
+from translate.runtime.errors import ConfigError, one_line_errors
+from translate.serving.app import Limits, create_app
+from translate.serving.batcher import Batcher, Options
+from translate.serving.registry import comparison_report, load_models
+
+log = logging.getLogger("translate.serve")
+register_configs()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="serve")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    import uvicorn
+
+    check_config(cfg)
+    runs = ([cfg.run] if cfg.run else []) + list(cfg.runs)
+    if not runs:
+        raise ConfigError('no run to serve: make serve RUN=<run dir> [RUNS="<run> …"]')
+    ec = cfg.eval
+    models = load_models(runs, ec.checkpoint, ec.device)
+    decoding = {"batch_tokens": ec.batch_tokens, "max_len_ratio": ec.max_len_ratio, "max_len_offset": ec.max_len_offset}
+    batcher = Batcher(models, decoding, cfg.max_queue, cfg.batch_tokens, cfg.max_wait_ms / 1000)
+    limits = Limits(cfg.max_texts, cfg.max_chars, cfg.max_body_kb * 1024, cfg.max_beam)
+    defaults = Options(ec.beam_size, 1, ec.length_penalty)
+    report = comparison_report(models)
+    app = create_app(models, batcher, defaults, limits, comparison=lambda: report)
+    if not is_loopback(cfg.host):
+        log.warning("serving on %s: every machine that reaches it can use it (HOST=127.0.0.1 keeps it local)", cfg.host)
+    print(f"serving {', '.join(models)} on http://{cfg.host}:{cfg.port}/ (API: /docs); Ctrl-C stops", flush=True)
+    # uvicorn finishes the requests in flight on SIGTERM/SIGINT, then raises the signal again: with these
+    # handlers in place of the defaults, that second raise ends nothing and the command exits 0
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=60)
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
