@@ -98,8 +98,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_states() -> dict:
-    """The random streams training draws from (dropout, batch order), in a form a weights_only checkpoint holds."""
-    return {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])}
+    """The random streams training draws from (dropout, batch order), in a form a weights_only checkpoint holds;
+    the GPUs' too where CUDA is in use (dropout on a GPU draws from them)."""
+    states = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
 
 
 def restore_rng_states(states: dict, rank: int = 0) -> None:
@@ -107,5 +111,8 @@ def restore_rng_states(states: dict, rank: int = 0) -> None:
     where the run had fewer ranks)."""
     if "ranks" in states:
         states = states["ranks"][min(rank, len(states["ranks"]) - 1)]
-    torch.set_rng_state(states["torch_rng"])
+    torch.set_rng_state(states["torch_rng"].cpu())  # a checkpoint loaded onto a GPU brings it there
     random.setstate((3, tuple(states["python_rng"]), None))
+    if "cuda_rng" in states and torch.cuda.is_available():  # a run resumed on the CPU has no use for them
+        gpus = min(len(states["cuda_rng"]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda_rng"][:gpus]])

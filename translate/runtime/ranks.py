@@ -131,7 +131,8 @@ def from_environment(device_name: str) -> tuple[Distributed, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # on GPUs, nccl for tensors there and gloo for the few values summed or exchanged on the CPU
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, world_size, local_rank), device
 
 
