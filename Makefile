@@ -74,7 +74,7 @@ override LEVER_SETTINGS = "model=transformer_ref trainer.precision=fp32" "model=
 	"TRANSLATE_MALLOC=system model=transformer_ref trainer.precision=bf16 trainer.release_memory=false" \
 	"TRANSLATE_MALLOC=system model=rnn_attention_ref trainer.precision=fp32"
 
-.PHONY: help install prepare train eval translate export average compare report bench bench-peers levers tensorboard test test-fast lint gpu-check serve clean
+.PHONY: help install prepare train eval translate export average compare report significance bench bench-peers levers tensorboard test test-fast lint gpu-check serve clean
 .DEFAULT_GOAL := help
 
 help:  ## this list
@@ -100,7 +100,7 @@ train: $(ENV)  ## train the default model (Transformer, Multi30k de->en); any Hy
 	$(if $(value NPROC),TRANSLATE_LAUNCH_TIME=$$(date +%s) GLOO_SOCKET_IFNAME=$${GLOO_SOCKET_IFNAME:-lo} $(call sh,$(value VENV)/bin/torchrun) --standalone --nproc_per_node=$(call number,NPROC),$(PY)) \
 		-m translate.train $(HYDRA_ARGS)
 
-eval: $(ENV)  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: sacreBLEU, chrF, BLEU by length
+eval: $(ENV)  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: BLEU, chrF, chrF++, TER, BLEU by length
 	@test -n $(call sh,$(value RUN)) || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
 	$(PY) -m translate.evaluate $(RUN_ARG) $(HYDRA_ARGS)
 
@@ -123,6 +123,11 @@ compare: $(ENV)  ## the three models, same data and budget (configs/experiment/$
 report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from finished runs (RUNS: space-separated, no spaces in a dir)
 	@test -n $(call sh,$(strip $(value RUNS))) || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report] (RUNS: space-separated, so a run dir cannot contain spaces)'; exit 2; }
 	$(PY) -m translate.report $(call sh,--out=$(value OUT)) -- $(RUN_DIRS)
+
+# OUT as given, else the command's own default (runs/significance), not the report's
+significance: $(ENV)  ## make significance RUNS="<baseline run> <runs>" [OUT=dir]: paired tests (sacreBLEU) of each run against the first
+	@test -n $(call sh,$(strip $(value RUNS))) || { echo 'usage: make significance RUNS="runs/a runs/b" [OUT=runs/significance] (RUNS: evaluated runs, the baseline first, space-separated)'; exit 2; }
+	$(PY) -m translate.significance $(if $(filter-out file,$(origin OUT)),$(call sh,--out=$(value OUT))) -- $(RUN_DIRS)
 
 bench: $(ENV)  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/bench/benchmark.{md,json}
 	$(PY) scripts/benchmark.py -- $(RUN_DIRS)

@@ -1,7 +1,12 @@
-"""translate.evaluation.metrics against sacreBLEU itself on small hand-made cases: corpus scores, the length
-buckets and their edges, per-sentence BLEU statistics, and the paired bootstrap of a lead's growth with length."""
+"""translate.evaluation.metrics against sacreBLEU itself on small hand-made cases: corpus scores (BLEU, chrF, chrF++,
+TER: sacreBLEU's API and its command line), where they are shown (evaluation's summary, TensorBoard, the report),
+the length buckets and their edges, per-sentence BLEU statistics, and the paired bootstrap of a lead's growth with
+length."""
 
+import json
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,8 +53,114 @@ def test_corpus_scores_are_sacrebleus_with_their_signatures():
         assert part in scores["bleu_signature"]
     for part in ("nrefs:1", "nc:6", "nw:0", f"version:{sacrebleu.__version__}"):
         assert part in scores["chrf_signature"]
+    chrf_pp, ter = sacrebleu.corpus_chrf(HYPS, [REFS], word_order=2), sacrebleu.corpus_ter(HYPS, [REFS])
+    assert 5 < ter.score < 95 and chrf_pp.score != chrf.score
+    assert scores["chrf_pp"] == round(chrf_pp.score, 2) and scores["ter"] == round(ter.score, 2)
+    for part in ("nrefs:1", "nc:6", "nw:2", f"version:{sacrebleu.__version__}"):
+        assert part in scores["chrf_pp_signature"]
+    for part in ("nrefs:1", "case:lc", "tok:tercom", f"version:{sacrebleu.__version__}"):
+        assert part in scores["ter_signature"]
     # references as given, not tokenized or lowercased: another casing of the hypotheses scores lower
     assert corpus_scores([h.lower() for h in HYPS], REFS)["bleu"] < scores["bleu"]
+
+
+def sacrebleu_command(*args: str) -> list[dict]:
+    """What `python -m sacrebleu <args> -f json` prints, one dict per measure."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", *args, "-w", "6", "-f", "json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    return printed if isinstance(printed, list) else [printed]
+
+
+@pytest.mark.slow  # spawns sacreBLEU's command line
+def test_corpus_scores_are_sacrebleus_command_line_on_the_same_files(tmp_path):
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    ref.write_text("".join(line + "\n" for line in REFS))
+    hyp.write_text("".join(line + "\n" for line in HYPS))
+    bleu, chrf, ter = sacrebleu_command(str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "ter")
+    [chrf_pp] = sacrebleu_command(str(ref), "-i", str(hyp), "-m", "chrf", "--chrf-word-order", "2")
+    assert [m["name"] for m in (bleu, chrf, chrf_pp, ter)] == ["BLEU", "chrF2", "chrF2++", "TER"]
+    scores = corpus_scores(HYPS, REFS)
+    for key, printed in (("bleu", bleu), ("chrf", chrf), ("chrf_pp", chrf_pp), ("ter", ter)):
+        assert scores[key] == round(printed["score"], 2), key
+        assert scores[f"{key}_signature"] == printed["signature"], key
+
+
+def test_evaluation_summary_shows_every_measure_with_its_signature():
+    from translate.evaluation.evaluator import format_result
+
+    scores = corpus_scores(HYPS, REFS)
+    result = {
+        "name": "test",
+        "sentences": 5,
+        "model": "transformer",
+        "step": 7,
+        "decoding": {"search": "greedy"},
+        **scores,
+        "loss": 1.0,
+        "ppl": 2.72,
+        "bleu_by_length": bleu_by_length([words(3)] * 5, HYPS, REFS, [1, 10]),
+        "probe": None,
+    }
+    lines = format_result(result).splitlines()
+    for label, key in (("BLEU", "bleu"), ("chrF", "chrf"), ("chrF++", "chrf_pp"), ("TER", "ter")):
+        shown = f"{label} {scores[key]:.2f}  ({scores[key + '_signature']}"
+        assert [x for x in lines if x.startswith(shown)], (shown, lines)
+
+
+def test_tensorboard_gets_every_measure():
+    from translate.evaluation.validation import Validation, write_validation
+
+    class Writer:
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = (value, step)
+
+    writer, scores = Writer(), corpus_scores(HYPS, REFS)
+    write_validation(writer, "eval/test", 9, Validation(1.5, scores, [], [], HYPS), None)
+    assert writer.scalars == {
+        "eval/test/loss": (1.5, 9),
+        "eval/test/ppl": (pytest.approx(4.4817, abs=1e-4), 9),
+        **{f"eval/test/{k}": (scores[k], 9) for k in ("bleu", "chrf", "chrf_pp", "ter")},
+    }
+
+
+def report_row(name: str, evaluation: dict) -> dict:
+    """A row of the comparison report, as load_run_results reads it from a run's summary and evaluation."""
+    evaluation = {
+        "name": "test",
+        "sentences": 5,
+        "src_lang": "de",
+        "tgt_lang": "en",
+        "decoding": {"search": "greedy"},
+        "bleu_by_length": [{"min_words": 0, "max_words": 9, "sentences": 5, "bleu": evaluation["bleu"]}],
+        "probe": None,
+        **evaluation,
+    }
+    summary = {"model": name, "parameters": 1000, "train_minutes": 1.0, "epochs": 2.0, "tokens_per_s": 500.0}
+    return {**summary, "name": name, "run": f"runs/{name}", "eval": evaluation}
+
+
+def test_the_report_table_shows_chrf_pp_and_ter_and_reads_evaluations_without_them():
+    from translate.evaluation.comparison import markdown
+
+    scores = corpus_scores(HYPS, REFS)
+    old = {k: v for k, v in scores.items() if not k.startswith(("chrf_pp", "ter"))}  # evaluated before they were
+    lines = markdown([report_row("transformer", scores), report_row("rnn_attention", old)]).splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header[6:11] == ["BLEU", "chrF", "chrF++", "TER", "probe BLEU"]
+    new_row, old_row = ([c.strip() for c in line.strip("|").split("|")] for line in lines[4:6])
+    assert new_row[6:10] == [f"{scores[k]:.2f}" for k in ("bleu", "chrf", "chrf_pp", "ter")]
+    assert old_row[6:10] == [f"{scores['bleu']:.2f}", f"{scores['chrf']:.2f}", "–", "–"]
+    signatures = next(line for line in lines if line.startswith("BLEU signature"))
+    assert f"chrF++ signature: `{scores['chrf_pp_signature']}`" in signatures
+    assert f"TER signature: `{scores['ter_signature']}`" in signatures
+    old_first = markdown([report_row("rnn_attention", old)])  # a report of old evaluations only: no empty signatures
+    assert "chrF++ signature" not in old_first and "TER" in old_first.splitlines()[2]
 
 
 def words(n: int) -> str:

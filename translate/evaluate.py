@@ -1,12 +1,9 @@
 """Evaluate a trained run: `python -m translate.evaluate run=<run dir> [eval.src=… eval.ref=…] [data.dir=…]`.
 
-Decodes the test split (or any pair of plain-text files), detokenizes, and
-scores with sacreBLEU against the raw references: BLEU with its signature,
-chrF, loss and perplexity, and BLEU per source-length bucket, on the set and on its
-long-sentence probe.  Writes into <run>/eval/: <name>.json, the hypotheses <name>.hyp, the
-probe <name>_probe.{src,ref,hyp}, the figure <name>_bleu_by_length.png; and into the run's
-TensorBoard the scores, sample translations, attention images and the same figure.  The run's files are data:
-its split is read from where the project and this command say (data.dir=…), never from where they say.
+Decodes the test split (or any pair of plain-text files) and scores it with sacreBLEU: BLEU, chrF,
+chrF++ and TER with their signatures, BLEU by source length on the set and on its long-sentence probe
+(translate/evaluation/evaluator.py: what it writes into <run>/eval/ and TensorBoard).  The run's files are
+data: its split is read from where the project and this command say (data.dir=…), never from where they say.
 """
 
 import logging

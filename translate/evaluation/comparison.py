@@ -126,24 +126,35 @@ def gap_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _score(result: dict, key: str) -> str:
+    """A score of an evaluation, "–" where it lacks it (chrF++ and TER: evaluations written before they were)."""
+    return "–" if result.get(key) is None else f"{result[key]:.2f}"
+
+
 def markdown(rows: list[dict]) -> str:
     first = rows[0]["eval"]
-    header = ["run", "model", "parameters", "train min", "epochs", "target tok/s", "BLEU", "chrF", "probe BLEU"]
+    header = ["run", "model", "parameters", "train min", "epochs", "target tok/s", "BLEU", "chrF", "chrF++", "TER"]
+    header.append("probe BLEU")
     table = []
     for r in rows:
         probe = r["eval"].get("probe") or {}
         table.append(
             [r["name"], r["model"], f"{r['parameters']:,}", f"{r['train_minutes']:.1f}", f"{r['epochs']:.1f}"]
             + [f"{r['tokens_per_s']:,.0f}", f"{r['eval']['bleu']:.2f}", f"{r['eval']['chrf']:.2f}"]
+            + [_score(r["eval"], "chrf_pp"), _score(r["eval"], "ter")]
             + ["–" if "bleu" not in probe else format(probe["bleu"], ".2f")]
         )
     lines = [
         f"# Comparison: {first['src_lang']}→{first['tgt_lang']}, {first['name']} ({first['sentences']} sentences), "
         f"{first['decoding']['search']} decoding",
         "",
-        markdown_table(header, table, align="ll" + "r" * 7),
+        markdown_table(header, table, align="ll" + "r" * 9),
     ]
-    lines += ["", f"BLEU signature: `{first['bleu_signature']}`; chrF signature: `{first['chrf_signature']}`", ""]
+    signatures = [f"BLEU signature: `{first['bleu_signature']}`", f"chrF signature: `{first['chrf_signature']}`"]
+    for label, key in (("chrF++", "chrf_pp_signature"), ("TER", "ter_signature")):
+        if first.get(key):
+            signatures.append(f"{label} signature: `{first[key]}`")
+    lines += ["", "; ".join(signatures) + ("" if first.get("ter") is None else " (TER: lower is better)"), ""]
     for title, key in (("test set", None), ("long-sentence probe", "probe")):
         buckets = [_length_buckets(r, key) for r in rows]
         if not all(buckets):

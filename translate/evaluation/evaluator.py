@@ -1,13 +1,15 @@
 """Score a trained run on a set: the evaluation behind `make eval`.
 
 Decodes the test split (or any pair of plain-text files), detokenizes, and scores with sacreBLEU
-against the raw references: BLEU with its signature, chrF, loss and perplexity, and BLEU per
+against the raw references: BLEU, chrF, chrF++ and TER, each with its signature, loss and perplexity, and BLEU per
 source-length bucket, on the set and on its long-sentence probe.  Writes into <run>/eval/:
-<name>.json, the hypotheses <name>.hyp, the probe <name>_probe.{src,ref,hyp}, the figure
-<name>_bleu_by_length.png; and into the run's TensorBoard the scores, sample translations, attention
-images and the same figure.
+<name>.json (with the references' SHA-256, so that runs can be checked to be scored on the same set), the
+hypotheses <name>.hyp and the references <name>.ref (line i scores line i: `make significance` needs nothing
+else), the probe <name>_probe.{src,ref,hyp}, the figure <name>_bleu_by_length.png; and into the run's
+TensorBoard the scores, sample translations, attention images and the same figure.
 """
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -80,6 +82,9 @@ def evaluate(run_dir: str | Path, ec, data_location=None, data=None) -> dict:
         "src_lang": cfg.data.src_lang,
         "tgt_lang": cfg.data.tgt_lang,
         "sentences": len(pairs),
+        "references": reference_record(
+            pairs.tgt, f"{name}.ref", str(Path(ec.ref).resolve()) if ec.ref else None, None if ec.ref else ec.split
+        ),
         "decoding": {
             "search": "greedy" if ec.beam_size == 1 else f"beam{ec.beam_size}",
             "beam_size": ec.beam_size,
@@ -96,6 +101,7 @@ def evaluate(run_dir: str | Path, ec, data_location=None, data=None) -> dict:
     }
     out = subdirectory(run_dir, "eval")
     write_lines(out / f"{name}.hyp", hypotheses)
+    write_lines(out / f"{name}.ref", pairs.tgt)  # the references as scored, beside the hypotheses
     if probe:  # the probe itself, for reading and for the report's bootstrap intervals
         for suffix, lines in (("src", probe_pairs.src), ("ref", probe_pairs.tgt), ("hyp", probe_hyps)):
             write_lines(out / f"{name}_probe.{suffix}", lines)
@@ -109,6 +115,13 @@ def evaluate(run_dir: str | Path, ec, data_location=None, data=None) -> dict:
         writer.add_figure(f"eval/{name}/bleu_by_length", figure, step)
     plt.close("all")
     return result
+
+
+def reference_record(references: list[str], saved: str, path: str | None, split: str | None) -> dict:
+    """What the references were: the SHA-256 of their text as saved in eval/`saved` (UTF-8, each line ended by
+    a newline), their line count, and where they came from: the file given (eval.ref) or the corpus split."""
+    digest = hashlib.sha256("".join(line + "\n" for line in references).encode("utf-8")).hexdigest()
+    return {"file": saved, "lines": len(references), "sha256": digest, "path": path, "split": split}
 
 
 def length_figure(result: dict):
@@ -133,6 +146,8 @@ def format_result(result: dict) -> str:
         f"{result['decoding']['search']}",
         f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})",
         f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})",
+        f"chrF++ {result['chrf_pp']:.2f}  ({result['chrf_pp_signature']})",
+        f"TER {result['ter']:.2f}  ({result['ter_signature']}; an edit rate: lower is better)",
         f"loss {result['loss']:.3f}  perplexity {result['ppl']:.2f}  (teacher forced, per target token)",
         "BLEU by source length (words):",
         *_bucket_lines(result["bleu_by_length"]),

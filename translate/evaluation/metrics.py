@@ -1,4 +1,4 @@
-"""Translation quality with sacreBLEU: corpus BLEU and chrF, BLEU per source-length bucket,
+"""Translation quality with sacreBLEU: corpus BLEU, chrF, chrF++ and TER, BLEU per source-length bucket,
 and a paired-bootstrap interval for how one system's lead over another changes with length.
 
 Inputs are detokenized hypotheses and raw references, so scores compare with
@@ -6,21 +6,27 @@ published ones; every score is reported with its sacreBLEU signature.
 """
 
 import numpy as np
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU, CHRF, TER
 
 _CORPUS_BLEU = BLEU()  # the corpus-BLEU settings (smoothing, n-gram order) that bleu_from_statistics reproduces
 BLEU_ORDER = _CORPUS_BLEU.max_ngram_order  # 4: n-gram orders in corpus BLEU and in the rows of bleu_statistics
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
-    bleu, chrf = BLEU(), CHRF()
-    b, c = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
+    """sacreBLEU's corpus scores with their signatures, its defaults throughout: BLEU, chrF, chrF++ (chrF with
+    word bigrams, word_order=2) and TER (an edit rate: lower is better)."""
+    bleu, chrf, chrf_pp, ter = BLEU(), CHRF(), CHRF(word_order=2), TER()
+    b, c, cpp, t = (m.corpus_score(hypotheses, [references]) for m in (bleu, chrf, chrf_pp, ter))
     return {
         "bleu": round(b.score, 2),
         "bleu_signature": str(bleu.get_signature()),
         "bleu_detail": str(b),
         "chrf": round(c.score, 2),
         "chrf_signature": str(chrf.get_signature()),
+        "chrf_pp": round(cpp.score, 2),
+        "chrf_pp_signature": str(chrf_pp.get_signature()),
+        "ter": round(t.score, 2),
+        "ter_signature": str(ter.get_signature()),
     }
 
 
