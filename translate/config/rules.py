@@ -23,6 +23,7 @@ from translate.config.schema import (
 from translate.data.corpus import FORMATS
 from translate.models import MODELS, build_model
 from translate.models.attention import SCORERS
+from translate.models.positions import POSITIONS
 from translate.models.rnn import CELLS
 from translate.runtime.device import ADAM_KERNELS, PRECISIONS
 from translate.runtime.errors import ConfigError
@@ -66,9 +67,15 @@ RULES: dict[str, Rule] = {
     "model.name": one_of(*MODELS),
     "model.cell": one_of(*CELLS),
     "model.attention": one_of(*SCORERS),
+    "model.positions": one_of(*POSITIONS),
+    "model.t5_buckets": (lambda v: v >= 4 and v % 2 == 0, "must be an even number >= 4"),
+    **dict.fromkeys(["model.t5_max_distance", "model.shaw_clip"], POSITIVE),
     **{f"model.{k}": POSITIVE for k in ("emb_dim", "hidden_dim", "enc_layers", "dec_layers", "attention_dim")},
     **{f"model.{k}": POSITIVE for k in ("d_model", "heads", "ff_dim", "window")},
     **dict.fromkeys(["model.dropout", "model.attention_dropout"], PROBABILITY),
+    **dict.fromkeys(["model.hard_reinforce_weight", "model.hard_entropy_weight"], NON_NEGATIVE),
+    "model.hard_baseline_decay": (lambda v: 0 <= v < 1, "must be in [0, 1): the baseline's decay, e.g. 0.9"),
+    "model.gumbel_temperature": POSITIVE,
     "trainer.device": DEVICE,
     "trainer.precision": one_of(*PRECISIONS),
     "trainer.optimizer": one_of("adam"),
@@ -135,6 +142,9 @@ def broken_relations(cfg) -> list[str]:
     model, tc = OmegaConf.select(cfg, "model"), OmegaConf.select(cfg, "trainer")
     if model is not None and tc is not None and model.name == "transformer" and tc.attention_head >= model.heads:
         broken.append(f"trainer.attention_head={tc.attention_head} but model.heads={model.heads} (-1 = their mean)")
+    if model is not None and model.get("positions") == "t5" and model.t5_max_distance <= model.t5_buckets // 2:
+        half = model.t5_buckets // 2
+        broken.append(f"model.t5_max_distance={model.t5_max_distance} <= model.t5_buckets/2={half} (the exact ones)")
     return broken
 
 

@@ -96,6 +96,12 @@ class ModelConfig:
     attention: str = "additive"  # additive (Bahdanau); see translate/models/attention.py
     attention_dim: int = 256
     window: int = 5  # attention=local: half-width D of the window around the predicted centre
+    # attention=hard (translate/models/hard_attention.py): REINFORCE weight λ_r, entropy bonus λ_e, and the decay
+    # of the moving-average baseline of log p(y|x,s) per target token; attention=hard_gumbel: the temperature τ
+    hard_reinforce_weight: float = 1.0
+    hard_entropy_weight: float = 0.01
+    hard_baseline_decay: float = 0.9
+    gumbel_temperature: float = 1.0
     # transformer
     d_model: int = 256
     heads: int = 4
@@ -104,6 +110,12 @@ class ModelConfig:
     # (docs/performance.md)
     attention_dropout: float = 0.0
     pre_norm: bool = True  # pre-LN (stable without long warm-up) or post-LN (Vaswani et al. 2017)
+    # where a token is (translate/models/positions.py): sinusoidal (absolute, added to the embeddings) | rotary |
+    # alibi | t5 | shaw (relative, in self-attention: no table, so inputs longer than the training's are placed)
+    positions: str = "sinusoidal"
+    t5_buckets: int = 32  # positions=t5: buckets of relative distance (half per direction in the encoder)
+    t5_max_distance: int = 128  # positions=t5: distances beyond share the last bucket
+    shaw_clip: int = 16  # positions=shaw: relative distances clipped to [-k, k]
 
 
 @dataclass
@@ -165,6 +177,9 @@ class EvalConfig:
     probe_per_k: int = 0  # probe inputs per k; 0 = the whole test set for every k
     probe_length_buckets: list[int] = field(default_factory=lambda: [0, 10, 20, 30, 40, 50, 60, 1000])
     device: str = "auto"
+    # make translate and the server: a line (a request text) of several sentences is translated sentence by sentence,
+    # the translations joined by a space (translate/decoding/sentences.py); make eval never splits (it scores lines)
+    split_sentences: bool = True
 
 
 @dataclass

@@ -207,6 +207,8 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", quantization: str 
         raise UserError(
             f"model {name} cannot be exported: CTranslate2 has no RNN specification; export a transformer run"
         )
+    if (positions := cfg.model.positions) != "sinusoidal":
+        raise UserError(f"model.positions={positions} cannot be exported: the export supports sinusoidal ones only")
     vocabulary = tokenizer.id_to_piece(list(range(len(tokenizer))))
     if len(vocabulary) != ckpt["vocab_size"]:
         raise UserError(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from translate.models.dropout import dropout
+from translate.models.hard_attention import GumbelHardAttention, HardAttention
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -33,8 +34,11 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def attention_weights(q, k, mask=None, is_causal: bool = False) -> torch.Tensor:
-    """softmax(Q Kᵀ / √d_k):  q (B, h, T, d_k), k (B, h, S, d_k) -> (B, h, T, S); mask True where allowed."""
+    """softmax(Q Kᵀ / √d_k):  q (B, h, T, d_k), k (B, h, S, d_k) -> (B, h, T, S); mask True where allowed,
+    or a float mask added to the scores (`additive_mask`)."""
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None and mask.dtype != torch.bool:
+        return torch.softmax(scores + mask, dim=-1)
     if is_causal:  # query t sees keys 0..t, as in scaled_dot_product_attention
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     return torch.softmax(scores, dim=-1) if mask is None else masked_softmax(scores, mask)
@@ -46,18 +50,31 @@ def written_out_attention(q, k, v, mask=None, is_causal: bool = False, dropout_p
     return dropout(weights, dropout_p) @ v, weights
 
 
+def additive_mask(bias, mask=None, is_causal: bool = False) -> torch.Tensor:
+    """A float mask for the scores: `bias` (…, T, S) where `mask` (bool, True where allowed) and, if is_causal,
+    key ≤ query allow, −∞ elsewhere; broadcast to both."""
+    if is_causal:  # query t sees keys 0..t, as is_causal does
+        causal = torch.ones(bias.shape[-2], bias.shape[-1], dtype=torch.bool, device=bias.device).tril()
+        mask = causal if mask is None else mask & causal
+    return bias if mask is None else torch.where(mask, bias, float("-inf"))
+
+
 def scaled_dot_product_attention(
-    q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0, need_weights: bool = False
+    q, k, v, mask=None, is_causal: bool = False, dropout_p: float = 0.0, need_weights: bool = False, bias=None
 ):
     """Vaswani et al. 2017, 3.2.1:  Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
 
     q (B, h, T, d_k), k, v (B, h, S, d_k); mask bool, broadcastable to (B, h, T, S), True where allowed
-    -> (B, h, T, d_k), and the weights (B, h, T, S) if need_weights (else None).
+    -> (B, h, T, d_k), and the weights (B, h, T, S) if need_weights (else None).  `bias`, a float broadcastable
+    to (B, h, T, S) (relative positions, translate/models/positions.py), is added to the scores:
+    softmax(Q Kᵀ / √d_k + bias) V, with the masks folded into it as −∞ (`additive_mask`).
 
     `torch.nn.functional.scaled_dot_product_attention`, which never forms the weights, except when they
     are wanted and in bf16 on a CPU, where its fused kernel is 2–3× slower than matmul, softmax, matmul
     (docs/performance.md).
     """
+    if bias is not None:
+        mask, is_causal = additive_mask(bias.to(q.dtype), mask, is_causal), False
     if need_weights or (q.dtype == torch.bfloat16 and q.device.type == "cpu"):
         out, weights = written_out_attention(q, k, v, mask, is_causal, dropout_p)
         return out, weights if need_weights else None
@@ -77,6 +94,8 @@ class MultiHeadAttention(nn.Module):
 
     project_kv(memory (B, S, M)) -> KV, each (B, h, S, d_k)
     forward(x (B, T, Q), kv, mask, is_causal, need_weights) -> (B, T, out_dim), weights (B, h, T, S) or None
+    forward is attend(project_q(x), kv, …): a caller that changes q (rotary positions) or adds a `bias` to the
+    scores calls the two itself.
     The Transformer uses it with query, memory and output sizes all d_model; the RNN's `multihead`
     scorer with the decoder state as the one query and the encoder outputs as memory.
     """
@@ -99,11 +118,16 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, memory) -> KV:
         return KV(self._split(self.k_proj(memory)), self._split(self.v_proj(memory)))
 
+    def project_q(self, x):  # (B, T, Q) -> (B, h, T, d_k)
+        return self._split(self.q_proj(x))
+
     def forward(self, x, kv: KV, mask=None, is_causal: bool = False, need_weights: bool = False):
-        q = self._split(self.q_proj(x))
+        return self.attend(self.project_q(x), kv, mask, is_causal, need_weights)
+
+    def attend(self, q, kv: KV, mask=None, is_causal: bool = False, need_weights: bool = False, bias=None):
         dropout = self.dropout if self.training else 0.0
-        heads, weights = scaled_dot_product_attention(q, kv.k, kv.v, mask, is_causal, dropout, need_weights)
-        return self.out_proj(heads.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)), weights
+        heads, weights = scaled_dot_product_attention(q, kv.k, kv.v, mask, is_causal, dropout, need_weights, bias)
+        return self.out_proj(heads.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)), weights
 
 
 # ---- the RNN decoder's scorers ------------------------------------------------------------------------------
@@ -249,14 +273,30 @@ SCORERS = {
     "multihead": MultiHeadScorer,
     "local": LocalAttention,
     "local_m": MonotonicLocalAttention,
+    "hard": HardAttention,  # one position, sampled from the additive scorer's α (translate/models/hard_attention.py)
+    "hard_gumbel": GumbelHardAttention,
 }
 
 
 def build_attention(
-    name: str, query_dim: int, memory_dim: int, attention_dim: int, heads: int = 4, window: int = 5
+    name: str,
+    query_dim: int,
+    memory_dim: int,
+    attention_dim: int,
+    heads: int = 4,
+    window: int = 5,
+    reinforce_weight: float = 1.0,
+    entropy_weight: float = 0.01,
+    baseline_decay: float = 0.9,
+    temperature: float = 1.0,
 ) -> nn.Module:
     if name not in SCORERS:
         raise ValueError(f"unknown model.attention={name!r}; choose one of {', '.join(SCORERS)}")
+    if name == "hard":
+        energy = AdditiveAttention(query_dim, memory_dim, attention_dim)
+        return HardAttention(energy, reinforce_weight, entropy_weight, baseline_decay)
+    if name == "hard_gumbel":
+        return GumbelHardAttention(AdditiveAttention(query_dim, memory_dim, attention_dim), temperature)
     if name == "multihead":
         return MultiHeadScorer(query_dim, memory_dim, attention_dim, heads)
     if name in ("local", "local_m"):

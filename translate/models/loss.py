@@ -4,6 +4,8 @@
     linear_cross_entropy(features, weight, target, ε, pad, chunk) the output layer and the loss fused,
                                                                    `chunk` targets at a time
     sequence_loss(model, batch, ε, pad, chunk)                    a teacher-forced batch through a model
+    reinforce_term(…)                                             attention=hard in training: its REINFORCE and
+                                                                   entropy terms, added to sequence_loss's loss
 
 Both return (loss, nll) summed over non-padding targets, loss = (1-ε)·nll + ε·mean_v(-log p_v), the
 value of F.cross_entropy(..., label_smoothing=ε, reduction="sum").  The fused form never holds the
@@ -77,14 +79,45 @@ def linear_cross_entropy(features, weight, target, smoothing: float, ignore_inde
     return LinearCrossEntropy.apply(features, weight, target, smoothing, ignore_index, chunk, torch.is_grad_enabled())
 
 
+def sentence_log_likelihood(generator, features, target, ignore_index: int, chunk: int) -> torch.Tensor:
+    """log p(y|x) of each sentence, without gradient: features (B, T, D), target (B, T) -> (B,) fp32, summed over
+    targets != ignore_index, through the output layer `chunk` targets at a time (all at once if 0)."""
+    with torch.no_grad():
+        flat, flat_target = features.flatten(0, 1), target.flatten().clamp(min=0)
+        step, parts = chunk or max(1, flat.shape[0]), []
+        for start in range(0, flat.shape[0], step):
+            log_probs = F.log_softmax(generator(flat[start : start + step]).float(), dim=-1)
+            parts.append(log_probs.gather(1, flat_target[start : start + step].unsqueeze(1)).squeeze(1))
+        return torch.cat(parts).view_as(target).masked_fill(target == ignore_index, 0.0).sum(1)
+
+
+def reinforce_term(model, scorer, features, target, policy: dict, ignore_index: int, chunk: int) -> torch.Tensor:
+    """Hard attention's REINFORCE and entropy terms (`HardAttention.surrogate`, translate/models/hard_attention.py)
+    for a batch: the reward log p(y|x,s) and the sums Σ_t log p(s_t|x), Σ_t H_t of each sentence, padding left out."""
+    keep = target != ignore_index  # (B, T)
+    log_prob, entropy = (policy[name].masked_fill(~keep, 0.0).sum(1) for name in ("log_prob", "entropy"))
+    reward = sentence_log_likelihood(model.generator, features, target, ignore_index, chunk)
+    return scorer.surrogate(reward, keep.sum(1), log_prob, entropy)
+
+
 def sequence_loss(model, batch, smoothing: float, ignore_index: int, chunk: int, features=None):
     """A teacher-forced batch's (loss, nll), summed over its target tokens, through the model's features and
-    generator (fused chunk by chunk when `chunk` > 0).  `features` replaces model.features (e.g. compiled)."""
-    features = (features or model.features)(batch.src, batch.src_mask, batch.tgt_in).flatten(0, 1)  # (N, D)
-    target = batch.tgt_out.flatten()
+    generator (fused chunk by chunk when `chunk` > 0).  `features` replaces model.features (e.g. compiled).
+    A model in training with hard attention (`sampled_attention`, attention=hard) adds its REINFORCE and entropy
+    terms to the loss (`reinforce_term`); nll stays the cross-entropy's."""
+    scorer = getattr(model, "sampled_attention", None) if model.training else None
+    if scorer is not None:  # eager even where trainer.compile compiled model.features
+        features, policy = model.features_and_policy(batch.src, batch.src_mask, batch.tgt_in)  # (B, T, D)
+    else:
+        features = (features or model.features)(batch.src, batch.src_mask, batch.tgt_in)
+    flat, target = features.flatten(0, 1), batch.tgt_out.flatten()  # (N, D), (N,)
     if chunk:
-        return linear_cross_entropy(features, model.generator.weight, target, smoothing, ignore_index, chunk)
-    return smoothed_cross_entropy(model.generator(features), target, smoothing, ignore_index)
+        loss, nll = linear_cross_entropy(flat, model.generator.weight, target, smoothing, ignore_index, chunk)
+    else:
+        loss, nll = smoothed_cross_entropy(model.generator(flat), target, smoothing, ignore_index)
+    if scorer is not None:
+        loss = loss + reinforce_term(model, scorer, features, batch.tgt_out, policy, ignore_index, chunk)
+    return loss, nll
 
 
 class TrainingLoss(torch.nn.Module):

@@ -180,7 +180,16 @@ class AttentionRNN(RNNSeq2Seq):
         memory_dim = self.encoder.output_dim
         self.init_state = nn.Linear(cfg.hidden_dim if cfg.bidirectional else memory_dim, cfg.hidden_dim)  # W_s
         self.attention = build_attention(
-            cfg.attention, cfg.hidden_dim, memory_dim, cfg.attention_dim, heads=cfg.heads, window=cfg.window
+            cfg.attention,
+            cfg.hidden_dim,
+            memory_dim,
+            cfg.attention_dim,
+            heads=cfg.heads,
+            window=cfg.window,
+            reinforce_weight=cfg.hard_reinforce_weight,
+            entropy_weight=cfg.hard_entropy_weight,
+            baseline_decay=cfg.hard_baseline_decay,
+            temperature=cfg.gumbel_temperature,
         )
         self.decoder = cell_classes(cfg.cell)[1](cfg.emb_dim + memory_dim, cfg.hidden_dim)
         self.readout_layer = Maxout(cfg.hidden_dim + cfg.emb_dim + memory_dim, cfg.emb_dim)
@@ -202,11 +211,20 @@ class AttentionRNN(RNNSeq2Seq):
             state["cell"] = torch.zeros_like(s0)
         return state
 
-    def _step(self, state, embedded):
-        """Attention and the recurrence for one target position, without the readout: context c_i, α_i, new state."""
-        context, weights = self.attention(
-            state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"]
-        )
+    @property
+    def sampled_attention(self):
+        """The scorer whose choices the training loss rewards (model.attention=hard), or None."""
+        return self.attention if getattr(self.attention, "reinforce", False) else None
+
+    def _step(self, state, embedded, policy: list | None = None):
+        """Attention and the recurrence for one target position, without the readout: context c_i, α_i, new state.
+        With `policy` (a list), the hard scorer's (log p(s_i|x), H_i), each (B,), of this step are appended to it."""
+        query = (state["hidden"], state["keys"], state["memory"], state["src_mask"], state["position"])
+        if policy is None:
+            context, weights = self.attention(*query)
+        else:
+            context, weights, *step_policy = self.attention.sample(*query)
+            policy.append(step_policy)
         rnn_in = torch.cat([embedded, context], dim=-1)
         if self.cell == "lstm":
             h, c = self.decoder(rnn_in, (state["hidden"], state["cell"]))
@@ -225,16 +243,27 @@ class AttentionRNN(RNNSeq2Seq):
     def features(self, src, src_mask, tgt_in, return_attention: bool = False):
         """Teacher forcing: the recurrence runs step by step, the readout once over all steps
         -> (B, T, E) [, α (B, T, S)]."""
+        features, weights, _ = self._teacher_forced(src, src_mask, tgt_in)
+        return (features, torch.stack(weights, dim=1)) if return_attention else features
+
+    def features_and_policy(self, src, src_mask, tgt_in):
+        """`features`, and the `sampled_attention` scorer's log p(s_t|x) and H_t of each step, for the training loss
+        -> (B, T, E), {"log_prob": (B, T), "entropy": (B, T)}."""
+        features, _, policy = self._teacher_forced(src, src_mask, tgt_in, policy=[])
+        return features, {name: torch.stack(steps, dim=1) for name, steps in zip(("log_prob", "entropy"), zip(*policy))}
+
+    def _teacher_forced(self, src, src_mask, tgt_in, policy: list | None = None):
+        """-> features (B, T, E), the steps' α [(B, S)] and `policy` with the steps' (log p(s_t|x), H_t) appended."""
         state = self.encode(src, src_mask)
         embedded = self.dropout(self.tgt_embedding(tgt_in))  # (B, T, E)
         hidden, contexts, weights = [], [], []
         for t in range(tgt_in.shape[1]):
             hidden.append(state["hidden"])  # s_{t-1}
-            context, step_weights, state = self._step(state, embedded[:, t])
+            context, step_weights, state = self._step(state, embedded[:, t], policy)
             contexts.append(context)
             weights.append(step_weights)
         features = self.readout(torch.stack(hidden, dim=1), embedded, torch.stack(contexts, dim=1))  # (B, T, E)
-        return (features, torch.stack(weights, dim=1)) if return_attention else features
+        return features, weights, policy
 
     def attention_maps(self, src, src_mask, tgt_in, head: int | None = None) -> dict[str, torch.Tensor]:
         """The alignment α for a teacher-forced target: {"alignment": (B, T, S)}."""

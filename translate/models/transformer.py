@@ -8,6 +8,10 @@ and `CrossAttention` (Section 3.2.3).  Incremental decoding keeps each layer's k
     logits, state = model.decode_step(state, prev)      # appends one position to the self-attention cache
     logits = model(src, src_mask, tgt_in)               # teacher forcing, causal mask
     features = model.features(src, src_mask, tgt_in)    # the same before the output layer `model.generator`
+
+Positions (`model.positions`, translate/models/positions.py): sinusoidal vectors added to the embeddings (3.5),
+or a relative scheme that each self-attention layer applies to its queries and keys (rotary) or scores
+(alibi, t5, shaw) at their absolute positions; a cached key keeps the position it was computed at.
 """
 
 import math
@@ -18,23 +22,8 @@ from torch import nn
 from translate.models.attention import KV, MultiHeadAttention
 from translate.models.base import EncoderDecoder
 from translate.models.dropout import Dropout
-
-
-class PositionalEncoding(nn.Module):
-    """Section 3.5:  PE(pos, 2i) = sin(pos / 10000^{2i/d}),  PE(pos, 2i+1) = cos(pos / 10000^{2i/d})."""
-
-    def __init__(self, d_model: int, max_len: int = 1024):
-        super().__init__()
-        position = torch.arange(max_len).unsqueeze(1)
-        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-        pe = torch.zeros(max_len, d_model)
-        pe[:, 0::2], pe[:, 1::2] = torch.sin(position * div), torch.cos(position * div)
-        self.register_buffer("pe", pe, persistent=False)
-
-    def forward(self, x, start: int = 0):  # x (B, T, D)
-        if start + x.shape[1] > self.pe.shape[0]:
-            raise ValueError(f"sequence of {start + x.shape[1]} positions exceeds the {self.pe.shape[0]} supported")
-        return x + self.pe[start : start + x.shape[1]]
+from translate.models.positions import MAX_POSITIONS, Positions, layer_positions, scheme_name, stack_positions
+from translate.models.positions import Sinusoidal as PositionalEncoding  # Section 3.5
 
 
 class SelfAttention(MultiHeadAttention):
@@ -43,16 +32,27 @@ class SelfAttention(MultiHeadAttention):
     In the decoder each position sees itself and the positions before it: causally masked when the
     whole target is given, or, decoding step by step, through `cache`, the keys and values of the
     earlier positions.  Returns (B, T, D) and the keys and values including x's (the next cache).
+    With a relative scheme `positions`, x's queries and keys sit at positions start.. (start = the cached
+    keys): rotated there before the keys are cached, and the scores biased by query and key positions.
     """
 
     def __init__(self, d_model: int, heads: int, attention_dropout: float):
         super().__init__(d_model, d_model, d_model, heads, out_dim=d_model, dropout=attention_dropout)
 
-    def forward(self, x, mask=None, causal: bool = False, cache: KV | None = None) -> tuple[torch.Tensor, KV]:
-        kv = self.project_kv(x)
+    def forward(
+        self, x, mask=None, causal: bool = False, cache: KV | None = None, positions: Positions | None = None
+    ) -> tuple[torch.Tensor, KV]:
+        kv, bias = self.project_kv(x), None
+        q = self.project_q(x)  # after k, v: the order x's gradients are summed in, as before positions existed
+        if positions is not None:
+            start = 0 if cache is None else cache.k.shape[2]
+            here = torch.arange(start, start + x.shape[1], device=x.device)
+            q, kv = positions.rotate(q, here), KV(positions.rotate(kv.k, here), kv.v)
         if cache is not None:  # step by step: every cached position and this one
             kv = KV(torch.cat([cache.k, kv.k], dim=2), torch.cat([cache.v, kv.v], dim=2))
-        return super().forward(x, kv, mask, is_causal=causal and cache is None)[0], kv
+        if positions is not None:
+            bias = positions.bias(q, here, torch.arange(kv.k.shape[2], device=x.device))
+        return self.attend(q, kv, mask, is_causal=causal and cache is None, bias=bias)[0], kv
 
 
 class CrossAttention(MultiHeadAttention):
@@ -108,8 +108,8 @@ class EncoderLayer(nn.Module):
         )
         self.res1, self.res2 = Residual(d_model, dropout, pre_norm), Residual(d_model, dropout, pre_norm)
 
-    def forward(self, x, mask):
-        x = self.res1(x, self.self_attn(self.res1.inner(x), mask)[0])
+    def forward(self, x, mask, positions: Positions | None = None):
+        x = self.res1(x, self.self_attn(self.res1.inner(x), mask, positions=positions)[0])
         return self.res2(x, self.ff(self.res2.inner(x)))
 
 
@@ -128,8 +128,8 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.res1, self.res2, self.res3 = (Residual(d_model, dropout, pre_norm) for _ in range(3))
 
-    def forward(self, x, memory: KV, src_mask, cache: KV | None = None, need_weights: bool = False):
-        out, cache = self.self_attn(self.res1.inner(x), causal=True, cache=cache)
+    def forward(self, x, memory: KV, src_mask, cache: KV | None = None, need_weights: bool = False, positions=None):
+        out, cache = self.self_attn(self.res1.inner(x), causal=True, cache=cache, positions=positions)
         x = self.res1(x, out)
         out, weights = self.cross_attn(self.res2.inner(x), memory, src_mask, need_weights)
         x = self.res2(x, out)
@@ -141,6 +141,8 @@ class Transformer(EncoderDecoder):
 
     Decoding state: src_mask (B, S); memory, a KV per decoder layer (its cross-attention keys and
     values of the encoder output); cache, a KV per decoder layer (self-attention, one position per step).
+    Positions: `positions`, the sinusoidal table (None with a relative scheme), or `encoder_positions` and
+    `decoder_positions`, the relative scheme of each stack (None with sinusoidal).
     """
 
     has_attention = True
@@ -151,7 +153,9 @@ class Transformer(EncoderDecoder):
         self.d_model, self.attention_heads = d, cfg.heads
         self.embedding = nn.Embedding(vocab_size, d, padding_idx=pad_id)
         self.tgt_embedding = self.embedding if cfg.tie_embeddings else nn.Embedding(vocab_size, d, padding_idx=pad_id)
-        self.positions, self.dropout = PositionalEncoding(d), Dropout(cfg.dropout)
+        scheme = scheme_name(cfg)
+        self.positions = PositionalEncoding(d) if scheme == "sinusoidal" else None
+        self.dropout = Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*args) for _ in range(cfg.enc_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(*args) for _ in range(cfg.dec_layers))
         self.encoder_norm = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
@@ -160,27 +164,31 @@ class Transformer(EncoderDecoder):
         self._reset_parameters(pad_id)
         if cfg.tie_embeddings:
             self.generator.weight = self.embedding.weight
+        # relative schemes: built after the initialisation above, with their own (sinusoidal builds nothing here)
+        self.encoder_positions = stack_positions(cfg, cfg.enc_layers, causal=False)
+        self.decoder_positions = stack_positions(cfg, cfg.dec_layers, causal=True)
 
     @property
-    def max_positions(self) -> int:
-        return self.positions.pe.shape[0]
+    def max_positions(self) -> int:  # the sinusoidal table's length; relative schemes have none: the project's cap
+        return MAX_POSITIONS if self.positions is None else self.positions.pe.shape[0]
 
     def _reset_parameters(self, pad_id):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-        for emb in {self.embedding, self.tgt_embedding}:
+        for emb in dict.fromkeys([self.embedding, self.tgt_embedding]):  # in this order (a set's follows id())
             nn.init.normal_(emb.weight, std=self.d_model**-0.5)
             nn.init.zeros_(emb.weight[pad_id])
 
     def _embed(self, embedding, tokens, start=0):  # Section 3.4: embeddings scaled by √d_model
-        return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.d_model), start))
+        x = embedding(tokens) * math.sqrt(self.d_model)
+        return self.dropout(x if self.positions is None else self.positions(x, start))
 
     def encode(self, src, src_mask) -> dict:
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         x = self._embed(self.embedding, src)
-        for layer in self.encoder_layers:
-            x = layer(x, mask)
+        for i, layer in enumerate(self.encoder_layers):
+            x = layer(x, mask, layer_positions(self.encoder_positions, i))
         x = self.encoder_norm(x)
         memory = [layer.cross_attn.project_kv(x) for layer in self.decoder_layers]
         return {"src_mask": src_mask, "memory": memory, "cache": [KV(m.k[:, :, :0], m.v[:, :, :0]) for m in memory]}
@@ -191,8 +199,9 @@ class Transformer(EncoderDecoder):
         start = state["cache"][0].k.shape[2] if incremental else 0
         x, mask = self._embed(self.tgt_embedding, tgt, start), state["src_mask"][:, None, None, :]
         caches, weights = [], []
-        for layer, memory, cache in zip(self.decoder_layers, state["memory"], state["cache"]):
-            x, cache, layer_weights = layer(x, memory, mask, cache if incremental else None, need_weights)
+        for i, (layer, memory, cache) in enumerate(zip(self.decoder_layers, state["memory"], state["cache"])):
+            positions = layer_positions(self.decoder_positions, i)
+            x, cache, layer_weights = layer(x, memory, mask, cache if incremental else None, need_weights, positions)
             caches.append(cache)
             weights.append(layer_weights)
         return self.decoder_norm(x), {**state, "cache": caches}, weights if need_weights else None

@@ -72,8 +72,10 @@ class Updater:
         )
 
     def loss(self, batch, eager: bool = False):
-        """Label-smoothed cross-entropy summed over target tokens: (loss, nll), both sums.  `eager`: through the
-        model's own features even where trainer.compile compiled them, and on this rank alone (to count FLOPs)."""
+        """Label-smoothed cross-entropy summed over target tokens: (loss, nll), both sums; with model.attention=hard
+        the loss also holds its REINFORCE and entropy terms (translate/models/loss.py `reinforce_term`, which updates
+        the baseline), nll never.  `eager`: through the model's own features even where trainer.compile compiled
+        them, and on this rank alone (to count FLOPs)."""
         with self.autocast():
             if not eager:
                 return self.training_loss(batch)
