@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from translate.config.schema import EvalConfig, ModelConfig
 from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.sentences import split_into_sentences
 from translate.evaluation.evaluator import evaluate
 from translate.models import build_model
 from translate.runtime.checkpoints import TrainState, load_checkpoint, save_checkpoint
@@ -80,6 +81,22 @@ def test_n_best_on_one_line_separated_by_tabs(run_dir, sentences):
     done = _translate(f"run={run_dir}", "eval.beam_size=4", "eval.n_best=3", stdin="\n".join(sentences[:2]) + "\n")
     assert done.returncode == 0, done.stderr
     assert [len(line.split("\t")) for line in done.stdout.splitlines()] == [3, 3]
+
+
+def test_a_line_of_sentences_gives_one_line_of_their_translations_unless_split_sentences_is_off(run_dir, sentences):
+    paragraph = " ".join(sentences[:3])
+    assert split_into_sentences(paragraph, "de") == sentences[:3]
+    stdin = f"{paragraph}\n\n{sentences[3]}\n"
+    model, tokenizer, _, _ = load_run(run_dir)
+    ec = OmegaConf.structured(EvalConfig(beam_size=2))
+    done = _translate(f"run={run_dir}", "eval.beam_size=2", stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    each = translate_texts(model, tokenizer, sentences[:4], ec, progress=False)
+    assert done.stdout.split("\n") == [" ".join(each[:3]), "", each[3], ""]
+    done = _translate(f"run={run_dir}", "eval.beam_size=2", "eval.split_sentences=false", stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    whole = translate_texts(model, tokenizer, [paragraph, sentences[3]], ec, progress=False)
+    assert done.stdout.split("\n") == [whole[0], "", whole[1], ""]
 
 
 def test_interactive_terminal_gets_a_prompt_and_each_line_at_once(run_dir, sentences):

@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     decoding = {"batch_tokens": ec.batch_tokens, "max_len_ratio": ec.max_len_ratio, "max_len_offset": ec.max_len_offset}
     batcher = Batcher(models, decoding, cfg.max_queue, cfg.batch_tokens, cfg.max_wait_ms / 1000)
     limits = Limits(cfg.max_texts, cfg.max_chars, cfg.max_body_kb * 1024, cfg.max_beam)
-    defaults = Options(ec.beam_size, 1, ec.length_penalty)
+    defaults = Options(ec.beam_size, 1, ec.length_penalty, split_sentences=ec.split_sentences)
     report = comparison_report(models)
     app = create_app(models, batcher, defaults, limits, comparison=lambda: report)
     if not is_loopback(cfg.host):

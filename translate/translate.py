@@ -10,9 +10,15 @@ stderr, each translation as soon as its line is entered.  Decoding follows `eval
 (checkpoint, beam_size, length_penalty, n_best, …); with eval.n_best > 1 an output line
 holds the n best translations separated by tabs.
 
+A line of several sentences is split into sentences by the rules of the run's source language
+(translate/decoding/sentences.py), each translated as a line would be, and their translations written on
+its one output line, joined by a space; with eval.n_best > 1 the k-th translation of such a line joins the
+k-th best of each sentence.  `eval.split_sentences=false` translates each line whole.
+
 `attention=<file.png>` with a single input sentence also draws the model's attention,
 source pieces × target pieces (rnn_attention: its attention; transformer: the last
-layer's cross-attention averaged over heads).
+layer's cross-attention averaged over heads).  That line is translated whole, never split: the figure is
+of what the model read.
 
 `engine=ct2 [quantization=…]` decodes with the run's CTranslate2 export instead of the PyTorch
 model (`make export` writes it; translate/decoding/ct2_export.py, ct2.py), under the same `eval.*` rules.
@@ -21,6 +27,7 @@ model (`make export` writes it; translate/decoding/ct2_export.py, ct2.py), under
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import hydra
 import torch
@@ -32,6 +39,7 @@ from translate.data.corpus import MAX_LINE_BYTES, read_bounded_line
 from translate.decoding.ct2 import load_export
 from translate.decoding.inference import attention_of, load_run, translate_safely
 from translate.runtime.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
+from translate.runtime.files import read_yaml
 
 log = logging.getLogger("translate")
 register_configs()
@@ -111,6 +119,18 @@ def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) 
     return [translation if line.strip() else "" for line in lines]
 
 
+def export_source_language(run_dir: str) -> str | None:
+    """engine=ct2 loads no checkpoint: the source language is the run's config.yaml's data.src_lang (read as
+    data); None, with a warning, when the run directory has none to give (its lines are then translated whole)."""
+    config = Path(run_dir) / "config.yaml"
+    data = read_yaml(config).get("data") if config.is_file() else None
+    language = data.get("src_lang") if isinstance(data, dict) else None
+    if not isinstance(language, str) or not language:
+        log.warning("%s: no data.src_lang to split lines into sentences by; each line is translated whole", config)
+        return None
+    return language
+
+
 def run(cfg: DictConfig) -> int:
     """Translate stdin to stdout; returns how many lines failed."""
     ec, stdin, failed = cfg.eval, sys.stdin.buffer, 0
@@ -119,8 +139,10 @@ def run(cfg: DictConfig) -> int:
             raise ConfigError(f"attention={cfg.attention}: drawn from the PyTorch model; leave out engine=ct2")
         model = load_export(cfg.run, cfg.quantization, ec)
         tokenizer = model.tokenizer
+        language = export_source_language(cfg.run) if ec.split_sentences else None
     else:
         model, tokenizer, run_cfg, _ = load_run(cfg.run, ec.checkpoint, ec.device)
+        language = run_cfg.data.src_lang if ec.split_sentences else None
     if cfg.attention:
         if not model.has_attention:
             name = run_cfg.model.name
@@ -147,12 +169,12 @@ def run(cfg: DictConfig) -> int:
         lines = input_lines(stdin)
         while print("> ", end="", file=sys.stderr, flush=True) or (item := next(lines, None)):
             number, line = item
-            outputs, bad = translate_safely(model, tokenizer, [line], ec, number)
+            outputs, bad = translate_safely(model, tokenizer, [line], ec, number, language)
             print(outputs[0], flush=True)
             failed += bad
     else:
         for first, lines in chunks(input_lines(stdin)):
-            outputs, bad = translate_safely(model, tokenizer, lines, ec, first)
+            outputs, bad = translate_safely(model, tokenizer, lines, ec, first, language)
             sys.stdout.writelines(out + "\n" for out in outputs)
             sys.stdout.flush()
             failed += bad

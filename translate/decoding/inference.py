@@ -3,6 +3,7 @@
     model, tokenizer, cfg, ckpt = load_run(run_dir, checkpoint="best", device="auto")
     translations = translate_texts(model, tokenizer, texts, ec)      # ec: an EvalConfig's decoding settings
     outputs, failed = translate_safely(model, tokenizer, lines, ec, first=1)   # one output per line, always
+    outputs, failed = translate_safely(model, tokenizer, lines, ec, first=1, language="de")  # … sentence by sentence
     hyps, src_pieces, tgt_pieces = attention_of(model, tokenizer, text, ec)  # one sentence, with its attention
     results = translate_full(model, tokenizer, texts, ec, attention=True)  # Translation: text, score, n-best, maps
 
@@ -10,6 +11,14 @@
 under the same rules: the source cut at the model's limit (with a warning naming it), greedy or beam
 search with the GNMT length penalty, `n_best` translations per text.  Evaluation, `make translate`,
 the export and the scripts all go through here.
+
+Paragraphs: `translate_lines`, `translate_safely` and `translate_full` given the source `language` split each
+text into sentences (sentences.py), translate the sentences of all texts in one call (each cut and batched as
+any text) and join each text's translations with one space; without `language` (evaluation always: it
+scores the test set's lines as they are) a text is translated whole.  With n_best > 1 a text's k-th
+translation is the k-th best of each of its sentences joined, scored by the sum of their log-probabilities:
+a rank-wise join, not a search over every combination.  `translate_full(…, attention=True)` translates each
+text whole: its attention map is of one model input.
 """
 
 import logging
@@ -23,6 +32,7 @@ from translate.config.stored import model_for_weights, stored_config
 from translate.data.batching import collate
 from translate.data.tokenizer import BOS, EOS, Tokenizer
 from translate.decoding.search import Hypothesis, source_limit, translate_ids
+from translate.decoding.sentences import split_into_sentences
 from translate.runtime.checkpoints import CheckpointError, find_checkpoint, inference_weights, load_checkpoint
 from translate.runtime.device import resolve_device
 from translate.runtime.files import refuse_link
@@ -131,9 +141,28 @@ def translate_texts(
     return tokenizer.decode([h.tokens for h in hyps])
 
 
-def translate_full(model, tokenizer: Tokenizer, texts: list[str], ec, attention: bool = False) -> list[Translation]:
+def sentences_of(texts: list[str], language: str | None) -> list[list[str]]:
+    """Each text's sentences by the rules of `language`; a text of one sentence (or none), or every text when
+    `language` is None, stays whole, as it is."""
+    if language is None:
+        return [[text] for text in texts]
+    return [sentences if len(sentences := split_into_sentences(text, language)) > 1 else [text] for text in texts]
+
+
+def translate_full(
+    model, tokenizer: Tokenizer, texts: list[str], ec, attention: bool = False, language: str | None = None
+) -> list[Translation]:
     """Each text's Translation: text, score, n-best list and, with `attention`, where the model looked
-    (None for a model without attention or a CTranslate2 export)."""
+    (None for a model without attention or a CTranslate2 export).  With `language` (and no `attention`) a
+    text of several sentences is translated sentence by sentence (module docstring)."""
+    parts = sentences_of(texts, None if attention else language)
+    if any(len(sentences) > 1 for sentences in parts):
+        done = translate_full(model, tokenizer, [s for sentences in parts for s in sentences], ec)
+        results, start = [], 0
+        for sentences in parts:
+            results.append(joined(done[start : start + len(sentences)]))
+            start += len(sentences)
+        return results
     sources, n = encode_sources(model, tokenizer, texts), ec.n_best
     hyps = decode_sources(model, sources, ec)
     decoded = tokenizer.decode([h.tokens for h in hyps])
@@ -146,6 +175,18 @@ def translate_full(model, tokenizer: Tokenizer, texts: list[str], ec, attention:
         for result, record in zip(results, attention_records(model, tokenizer, sources, best)):
             result.attention = record
     return results
+
+
+def joined(parts: list[Translation]) -> Translation:
+    """One text's Translation from those of its sentences, in order: the k-th of its n-best list joins the k-th
+    of each sentence's, its score the sum of theirs."""
+    if len(parts) == 1:
+        return parts[0]
+    n_best = [
+        (" ".join(p.n_best[k][0] for p in parts), sum(p.n_best[k][1] for p in parts))
+        for k in range(len(parts[0].n_best))
+    ]
+    return Translation(n_best[0][0], n_best[0][1], n_best)
 
 
 @torch.no_grad()
@@ -175,30 +216,42 @@ def attention_records(model, tokenizer: Tokenizer, sources: list[list[int]], bes
     return records
 
 
-def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1) -> list[str]:
+def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1, language: str | None = None) -> list[str]:
     """One output line per input line (`first` is the number of the first): blank stays blank, n-best lists
-    are joined by tabs.  `model` is a PyTorch model or a CT2Model (engine=ct2)."""
+    are joined by tabs.  `model` is a PyTorch model or a CT2Model (engine=ct2).  With `language` a line of
+    several sentences is translated sentence by sentence, their translations joined by a space (module
+    docstring); the sentences of all lines are decoded in one call."""
     texts = [line.strip() for line in lines]
     todo = [i for i, text in enumerate(texts) if text]
-    names = [f"line {first + i}" for i in todo]
-    sources = [texts[i] for i in todo]
+    parts = sentences_of([texts[i] for i in todo], language)
+    names = [
+        f"line {first + i}" + (f", sentence {j + 1}" if len(sentences) > 1 else "")
+        for i, sentences in zip(todo, parts)
+        for j in range(len(sentences))
+    ]
+    sources = [sentence for sentences in parts for sentence in sentences]
     translations = translate_texts(model, tokenizer, sources, ec, progress=False, names=names) if todo else []
-    out, n = [""] * len(texts), ec.n_best
-    for k, i in enumerate(todo):
-        out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in translations[k * n : (k + 1) * n])
+    out, n, start = [""] * len(texts), ec.n_best, 0
+    for i, sentences in zip(todo, parts):
+        own = translations[start * n : (start + len(sentences)) * n]  # sentence j's k-th best at j·n + k
+        best = [" ".join(own[j * n + k] for j in range(len(sentences))) for k in range(n)]
+        out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in best)
+        start += len(sentences)
     return out
 
 
-def translate_safely(model, tokenizer, lines: list[str], ec, first: int) -> tuple[list[str], int]:
+def translate_safely(
+    model, tokenizer, lines: list[str], ec, first: int, language: str | None = None
+) -> tuple[list[str], int]:
     """translate_lines, but a line that fails leaves its output line empty instead of losing the others:
     (output lines, how many failed)."""
     try:
-        return translate_lines(model, tokenizer, lines, ec, first), 0
+        return translate_lines(model, tokenizer, lines, ec, first, language), 0
     except (RuntimeError, ValueError, IndexError, MemoryError) as e:
         if len(lines) == 1:
             log.warning("line %d: not translated (%s: %s); its output line is empty", first, type(e).__name__, e)
             return [""], 1
-    results = [translate_safely(model, tokenizer, [line], ec, first + i) for i, line in enumerate(lines)]
+    results = [translate_safely(model, tokenizer, [line], ec, first + i, language) for i, line in enumerate(lines)]
     return [out for outs, _ in results for out in outs], sum(failed for _, failed in results)
 
 

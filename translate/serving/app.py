@@ -3,7 +3,8 @@
     GET  /                  the page: a sentence, every loaded model's translation and attention side by side
     GET  /healthz           {"status": "ok", "models": [...], "queue": waiting requests, ...}
     GET  /v1/models         {"models": [{"name", "family", languages, "parameters", "step", "bleu", ...}]}
-    POST /v1/translate      {"texts": [...], "model", "beam_size", "n_best", "length_penalty", "attention"}
+    POST /v1/translate      {"texts": [...], "model", "beam_size", "n_best", "length_penalty", "attention",
+                             "split_sentences"}
                             -> {"model", "translations": [{"text", "score", "n_best": [...], "attention"?}]}
     GET  /v1/comparison     BLEU by length of the loaded runs, when they come from one `make compare`
     GET  /v1/comparison.png its figure
@@ -12,6 +13,12 @@
 Every error is JSON, {"error": "<what>: <cause>; <fix>"}: 404 unknown model, 413 a limit passed (texts
 per request, characters per text, bytes per body; the limit named), 422 a bad value, 503 with Retry-After
 when the queue is full.  A request whose client goes away is cancelled.
+
+A text of several sentences is translated sentence by sentence (the server's eval.split_sentences, or the
+request's "split_sentences"), by the rules of the model's source language, the translations joined by a
+space: its score is the sum of theirs, and its k-th n-best entry joins the k-th best of each sentence.  A
+request with "attention": true has each text translated whole (its map is of one model input); asking for
+both is refused (422).
 """
 
 import asyncio
@@ -50,6 +57,11 @@ class TranslateRequest(BaseModel):
     n_best: int = Field(1, ge=1, description="translations per text, best first (<= beam_size)")
     length_penalty: float | None = Field(None, ge=0, le=10, description="GNMT alpha; default: the server's")
     attention: bool = Field(False, description="also return where the model looked, by layer and head")
+    split_sentences: bool | None = Field(
+        None,
+        description="translate each text sentence by sentence, the translations joined by a space; default: the "
+        "server's eval.split_sentences, off when attention is asked for (each text whole)",
+    )
 
 
 def error(status: int, message: str, **headers) -> JSONResponse:
@@ -144,8 +156,16 @@ def create_app(models: dict, batcher: Batcher, defaults: Options, limits: Limits
             return error(422, f"beam_size: {beam}; at most {limits.max_beam}")
         if body.n_best > beam:
             return error(422, f"n_best: {body.n_best} > beam_size {beam} (n-best lists need a beam that wide)")
+        if body.attention and body.split_sentences:
+            return error(
+                422,
+                "split_sentences: true with attention: true; an attention map is of one model input, each text "
+                "whole: leave out split_sentences or attention",
+            )
         penalty = defaults.length_penalty if body.length_penalty is None else body.length_penalty
-        options = Options(beam, body.n_best, penalty, body.attention and models[name].model.has_attention)
+        split = defaults.split_sentences if body.split_sentences is None else body.split_sentences
+        attention = body.attention and models[name].model.has_attention
+        options = Options(beam, body.n_best, penalty, attention, split and not body.attention)
         job = Job(name, [text.strip() for text in body.texts], options, asyncio.get_running_loop())
         try:
             batcher.submit(job)

@@ -11,6 +11,8 @@ The worker takes the oldest request, then every waiting request for the same mod
 until `batch_tokens` (estimated source tokens × beam) or `max_wait` seconds have passed, and decodes them
 as one call of the inference API (`translate_full`; search sorts and batches them by length again).  A
 request whose client went away is cancelled: it leaves the queue at once, or is dropped from its batch.
+With `split_sentences` a text of several sentences is translated sentence by sentence, by the rules of the
+model's source language (its run's data.src_lang), the translations joined by a space.
 """
 
 import asyncio
@@ -40,6 +42,7 @@ class Options:
     n_best: int = 1
     length_penalty: float = 0.6
     attention: bool = False
+    split_sentences: bool = True  # each text sentence by sentence (the server's eval.split_sentences by default)
 
 
 @dataclass(eq=False)
@@ -151,9 +154,10 @@ class Batcher:
             length_penalty=options.length_penalty,
         )
         texts = [text for job in batch for text in job.texts]
+        language = served.cfg.data.src_lang if options.split_sentences else None
         try:
             results: list[Translation] = translate_full(
-                served.model, served.tokenizer, texts, ec, attention=options.attention
+                served.model, served.tokenizer, texts, ec, attention=options.attention, language=language
             )
         except Exception as e:  # a failed batch fails its requests, never the server
             log.warning("a batch of %d texts for %s failed: %s: %s", len(texts), first.model, type(e).__name__, e)
