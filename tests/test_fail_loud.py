@@ -3,6 +3,7 @@ code, and nothing already written is lost (translate.runtime.errors lists the co
 
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -195,7 +196,7 @@ def test_translate_gives_one_line_per_input_line_whatever_the_input(trained):
     assert len(out) == len(lines) + 1 and out[-1] == ""
     assert out[2] == ""  # an empty line stays empty; the others are translated (what a 20-update model says)
     assert "line 2: invalid UTF-8" in done.stderr and "line 6: invalid UTF-8" in done.stderr
-    assert "line 4: 5000 subword tokens; translating its first 1023" in done.stderr
+    assert re.search(r"line 4: \d+ characters, at least \d+ subword tokens; translating its first 1023", done.stderr)
     assert "Traceback" not in done.stderr and "not translated" not in done.stderr
 
 

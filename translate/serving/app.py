@@ -174,19 +174,21 @@ def create_app(models: dict, batcher: Batcher, defaults: Options, limits: Limits
         results = await until_done_or_gone(request, job, batcher)
         if results is None:
             return Response(status_code=499)  # the client is gone: nobody reads this
-        return {
-            "model": name,
-            **({"attention_note": NO_ATTENTION} if body.attention and not options.attention else {}),
-            "translations": [
-                {
-                    "text": r.text,
-                    "score": round(r.score, 4),
-                    "n_best": [{"text": text, "score": round(score, 4)} for text, score in r.n_best],
-                    **({"attention": r.attention} if body.attention else {}),
-                }
-                for r in results
-            ],
-        }
+        return JSONResponse(  # plain data: json.dumps directly, not FastAPI's encoder walking every value
+            {
+                "model": name,
+                **({"attention_note": NO_ATTENTION} if body.attention and not options.attention else {}),
+                "translations": [
+                    {
+                        "text": r.text,
+                        "score": round(r.score, 4),
+                        "n_best": [{"text": text, "score": round(score, 4)} for text, score in r.n_best],
+                        **({"attention": r.attention} if body.attention else {}),
+                    }
+                    for r in results
+                ],
+            }
+        )
 
     @app.get("/v1/comparison")
     async def comparison_report():

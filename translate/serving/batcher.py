@@ -8,8 +8,9 @@
     batcher.stop()                 # takes no more, finishes what waits, then returns
 
 The worker takes the oldest request, then every waiting request for the same model and decoding options
-until `batch_tokens` (estimated source tokens × beam) or `max_wait` seconds have passed, and decodes them
-as one call of the inference API (`translate_full`; search sorts and batches them by length again).  A
+until `batch_tokens` (estimated source tokens × beam) or, while clients send concurrently (the last batch held
+several requests), `max_wait` seconds have passed; a lone client pays no wait.  It decodes them as one call of
+the inference API (`translate_full`; search sorts and batches them by length again).  A
 request whose client went away is cancelled: it leaves the queue at once, or is dropped from its batch.
 With `split_sentences` a text of several sentences is translated sentence by sentence, by the rules of the
 model's source language (its run's data.src_lang), the translations joined by a space.
@@ -86,6 +87,7 @@ class Batcher:
         self.stopping = False
         self.thread = threading.Thread(target=self.run, name="translate-batcher", daemon=True)
         self.batches = self.requests = 0  # decoded so far, for /healthz
+        self.last_batch = 0  # requests in the last batch: more than one means clients are sending concurrently
 
     def start(self) -> None:
         self.thread.start()
@@ -124,7 +126,8 @@ class Batcher:
             if not self.queue:
                 return None
             first = self.queue.popleft()
-            batch, tokens, deadline = [first], first.tokens, time.monotonic() + self.max_wait
+            wait = self.max_wait if self.last_batch > 1 else 0.0  # a lone client pays no wait
+            batch, tokens, deadline = [first], first.tokens, time.monotonic() + wait
             while tokens < self.batch_tokens:
                 same = next((job for job in self.queue if job.key == first.key), None)
                 if same is not None:
@@ -168,4 +171,4 @@ class Batcher:
         for job in batch:
             job.settle(results[start : start + len(job.texts)])
             start += len(job.texts)
-        self.batches, self.requests = self.batches + 1, self.requests + len(batch)
+        self.batches, self.requests, self.last_batch = self.batches + 1, self.requests + len(batch), len(batch)
