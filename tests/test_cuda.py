@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_train, tiny_synthetic
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from translate.data.tokenizer import PAD
@@ -246,14 +247,13 @@ def test_compiled_training_on_the_gpu_matches_eager(tmp_path, tok):
 # ---- torchrun, nccl, and what the run's log says ---------------------------------------------------------------
 NCCL_RANK = """
 import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, {tests!r})
-from conftest import compose_train
+from omegaconf import OmegaConf
+
 from translate.runtime.ranks import Distributed, from_environment
 from translate.training.run import train
 
@@ -287,7 +287,7 @@ assert ranks.gather({{"rank": 0}}) == [{{"rank": 0}}], "Distributed.gather"
 assert ranks.broadcast((3, "x")) == (3, "x"), "Distributed.broadcast"
 assert ranks.main_first(lambda: 7) == 7
 ranks.barrier()
-summary = train(compose_train({overrides!r}), Path({run_dir!r}), ranks, device)  # DDP and every collective
+summary = train(OmegaConf.load({config!r}), Path({run_dir!r}), ranks, device)  # DDP and every collective
 assert summary["steps"] == 4 and summary["ranks"] == 1, summary
 dist.destroy_process_group()
 print("one-rank run: ok")
@@ -302,8 +302,9 @@ def test_a_one_rank_nccl_group_runs_the_data_parallel_training_loop(tmp_path, to
     overrides = settings(tok, f"trainer.device={GPU}", "trainer.max_steps=4", "trainer.valid_every=2")
     script = tmp_path / "one_rank.py"
     run_dir = str(tmp_path / "run")
-    tests = str(ROOT / "tests")
-    script.write_text(NCCL_RANK.format(tests=tests, device=GPU, overrides=overrides, run_dir=run_dir))
+    config = tmp_path / "config.yaml"  # composed here, read there: the script needs nothing from tests/
+    OmegaConf.save(compose_train(overrides), config, resolve=True)
+    script.write_text(NCCL_RANK.format(config=str(config), device=GPU, run_dir=run_dir))
     done = subprocess.run([*TORCHRUN_ONE, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     assert f"process group {'nccl' if HAS_CUDA else 'gloo'}" in done.stdout and "one-rank run: ok" in done.stdout
