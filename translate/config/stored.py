@@ -33,6 +33,7 @@ SCALARS = (str, int, float, bool, type(None))
 LOCATION_KEYS = ("dir", "url", "download_dir", "hub", "hub_config", "hub_revision", "sha256")
 LOCATION_KEYS += ("max_download_mb", "download_minutes", "store_dir")
 PROJECT_DATA = PROJECT_ROOT / "configs" / "data"
+REFUSED = "refused: a checkpoint's settings are data, checked before use (docs/security.md)"
 
 
 def unsafe_values(value, key: str = "", depth: int = 0) -> list[str]:
@@ -72,9 +73,6 @@ def stored_config(saved, origin: str | Path) -> DictConfig:
     if broken:
         raise CheckpointError(f"{origin}: stored config has {broken[0]}; {REFUSED}")
     return cfg
-
-
-REFUSED = "refused: a checkpoint's settings are data, checked before use (docs/security.md)"
 
 
 def model_for_weights(model_cfg, vocab_size, weights: dict, origin: str | Path) -> torch.nn.Module:

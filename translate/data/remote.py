@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from translate.data.corpus import PROJECT_ROOT, SHARED_MULTI30K, CorpusError, PairSource
+from translate.data.corpus import PROJECT_ROOT, SHARED_MULTI30K, CorpusError, PairSource, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +196,6 @@ def _fetch(url: str, out, max_mb: float, minutes: float) -> str:
     return digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_file(
     url: str, dest: Path, sha256: str | None = None, *, max_mb: float = 1024, minutes: float = 30.0
 ) -> Path:
@@ -215,7 +207,7 @@ def download_file(
     """
     expected = sha256.strip().lower() if sha256 else None
     if dest.exists():
-        if expected and (digest := _sha256_file(dest)) != expected:
+        if expected and (digest := file_digest(dest)) != expected:
             raise CorpusError(
                 f"the cached file at {dest} does not match data.sha256 (SHA-256 {digest}, expected {expected}); "
                 "delete it to download it again, or fix data.sha256"

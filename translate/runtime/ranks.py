@@ -61,10 +61,10 @@ class Distributed:
         if not self.enabled:
             return [obj]
         data = to_bytes(obj)
-        sizes = [torch.zeros(1, dtype=torch.int64, device=data.device) for _ in range(self.world_size)]
-        dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64, device=data.device))
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64))
         longest = int(max(size.item() for size in sizes))
-        padded = torch.zeros(longest, dtype=torch.uint8, device=data.device)
+        padded = torch.zeros(longest, dtype=torch.uint8)
         padded[: len(data)] = data
         gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(gathered, padded)
@@ -89,30 +89,24 @@ class Distributed:
         """Rank 0's `obj` on every rank (as tensors: module docstring)."""
         if not self.enabled:
             return obj
-        data = to_bytes(obj) if self.is_main else torch.empty(0, dtype=torch.uint8, device=exchange_device())
-        size = torch.tensor([len(data)], dtype=torch.int64, device=data.device)
+        data = to_bytes(obj) if self.is_main else torch.empty(0, dtype=torch.uint8)
+        size = torch.tensor([len(data)], dtype=torch.int64)
         dist.broadcast(size, src=0)
-        data = data if self.is_main else torch.empty(int(size.item()), dtype=torch.uint8, device=data.device)
+        data = data if self.is_main else torch.empty(int(size.item()), dtype=torch.uint8)
         dist.broadcast(data, src=0)
         return obj if self.is_main else from_bytes(data)
-
-
-def exchange_device() -> torch.device:
-    """Where tensors exchanged between ranks live: the GPU for nccl, else the CPU."""
-    nccl = dist.is_initialized() and dist.get_backend() == "nccl"
-    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
 
 def to_bytes(obj) -> torch.Tensor:
     """`obj` (strings, numbers, lists, dicts, tensors) as a uint8 tensor in torch.save's format."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8).to(exchange_device())
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
 def from_bytes(data: torch.Tensor):
     """The value `to_bytes` encoded, read with weights_only=True: another rank's bytes never run code here."""
-    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), weights_only=True)
+    return torch.load(io.BytesIO(data.numpy().tobytes()), weights_only=True)
 
 
 def from_environment(device_name: str) -> tuple[Distributed, torch.device]:

@@ -121,9 +121,11 @@ def create_app(models: dict, batcher: Batcher, defaults: Options, limits: Limits
         where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
         return error(422, f"{where}: {first['msg']}")
 
+    page_html = PAGE.read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     @app.get("/healthz")
     async def healthz():
