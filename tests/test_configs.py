@@ -42,6 +42,10 @@ def test_reference_transformer_is_the_joeynmt_baseline():
             "scorers_multi30k_de-en_400steps_trainer.seed=2",
         ),
         (
+            ["+experiment=long_inputs", "model.positions=rotary", "trainer.concat_prob=0.1", "trainer.lr=1e-3"],
+            "long_inputs_multi30k_de-en_trainer.lr=0.001",
+        ),
+        (
             ["+experiment=bottleneck_synthetic_early", "trainer.patience=6"],
             "synthetic_reverse_early_stopping_trainer.patience=6",
         ),

@@ -142,6 +142,15 @@ def test_concatenated_training_examples(multi30k_dir, small_cfg, tmp_path):
     assert trainer.state.step == 6
 
 
+def test_length_curriculum_joins_more_pairs_each_epoch(multi30k_dir, small_cfg, tmp_path):
+    cfg = small_cfg("rnn", *STEPS, "trainer.concat_prob=1.0", "trainer.concat_max=3", "trainer.concat_ramp_epochs=2")
+    trainer = Trainer(cfg, tmp_path / "run")
+    first = [len(e) > 1 for batch in trainer.epoch_batches() for e in batch]
+    trainer.state.epoch = 1
+    assert all(len(e) > 1 for batch in trainer.epoch_batches() for e in batch)  # the ramp's end: every pair joined
+    assert 0.4 < sum(first) / len(first) < 0.6  # the first of two epochs: half
+
+
 @pytest.mark.parametrize("ema", [[], ["trainer.ema_decay=0.9"]], ids=["plain", "ema"])
 def test_resume_continues_exactly(ema, multi30k_dir, small_cfg, tmp_path):
     straight = Trainer(small_cfg("transformer", *STEPS, *ema), tmp_path / "a")

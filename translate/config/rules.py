@@ -85,6 +85,7 @@ RULES: dict[str, Rule] = {
     "trainer.valid_every": POSITIVE,
     "trainer.accumulate": POSITIVE,
     **{f"trainer.{k}": NON_NEGATIVE for k in ("threads", "max_steps", "max_minutes", "weight_decay", "warmup_steps")},
+    "trainer.concat_ramp_epochs": NON_NEGATIVE,
     **{f"trainer.{k}": NON_NEGATIVE for k in ("clip_norm", "valid_bleu_sentences", "patience", "keep_last")},
     **{f"trainer.{k}": NON_NEGATIVE for k in ("num_samples", "attention_maps", "loss_chunk")},
     **dict.fromkeys(["trainer.label_smoothing", "trainer.concat_prob"], PROBABILITY),

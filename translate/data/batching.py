@@ -159,6 +159,12 @@ def joining_probability(concat_prob: float, joinable: bool, corpus: str) -> floa
     return concat_prob if joinable else 0.0
 
 
+def epoch_joining_probability(concat_prob: float, ramp_epochs: int, epoch: int) -> float:
+    """A length curriculum: the joining probability of epoch `epoch` (from 0) rises linearly, concat_prob·(e+1)/ramp,
+    until epoch ramp − 1, and stays at concat_prob after; ramp 0 joins at concat_prob from the first epoch."""
+    return concat_prob if ramp_epochs <= 0 else concat_prob * min(1.0, (epoch + 1) / ramp_epochs)
+
+
 def training_batches(
     lengths: np.ndarray, batch_tokens: int, concat_prob: float, concat_max: int, seed: int, epoch: int
 ) -> EpochBatches:

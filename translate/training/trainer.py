@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from translate.data.batching import EpochBatches, collate_examples, joining_probability, rank_shares, training_batches
+from translate.data.batching import (
+    EpochBatches,
+    collate_examples,
+    epoch_joining_probability,
+    joining_probability,
+    rank_shares,
+    training_batches,
+)
 from translate.data.pipeline import prepare_data
 from translate.data.tokenizer import PAD
 from translate.evaluation.validation import attention_images, validate
@@ -122,7 +129,8 @@ class Trainer:
         ranks × accumulate × trainer.batch_tokens tokens; fixed by seed and epoch."""
         tc, step_tokens = self.tc, tokens_per_update(self.tc, self.dist.world_size)
         lengths, epoch = self.data.store.lengths, self.state.epoch
-        return training_batches(lengths, step_tokens, self.concat_prob, tc.concat_max, tc.seed, epoch)
+        joining = epoch_joining_probability(self.concat_prob, tc.concat_ramp_epochs, epoch)
+        return training_batches(lengths, step_tokens, joining, tc.concat_max, tc.seed, epoch)
 
     def my_batches(self, step_batch: list) -> list:
         """This rank's micro-batches of a step batch, as (batch, weight) (data.batching.rank_shares)."""
