@@ -80,8 +80,7 @@ def test_length_curriculum_raises_the_joining_probability_epoch_by_epoch():
     assert [epoch_joining_probability(0.5, 4, e) for e in range(6)] == [0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
     assert [epoch_joining_probability(0.5, 0, e) for e in range(3)] == [0.5] * 3
     lengths = np.arange(4000) % 30 + 2
-    joined = [  # examples of more than one pair in each epoch's batches under a 4-epoch ramp to 0.5
-        sum(len(e) > 1 for b in training_batches(lengths, 2000, epoch_joining_probability(0.5, 4, e), 5, 7, e) for e in b)
-        for e in range(5)
-    ]
+    ramp = [epoch_joining_probability(0.5, 4, e) for e in range(5)]
+    batches = [training_batches(lengths, 2000, p, 5, 7, e) for e, p in enumerate(ramp)]
+    joined = [sum(len(e) > 1 for b in epoch for e in b) for epoch in batches]  # examples of more than one pair
     assert 0.10 < joined[0] / 4000 < 0.15 and 0.45 < joined[4] / 4000 < 0.55 and joined == sorted(joined)

@@ -129,7 +129,7 @@ class TrainerConfig:
     accumulate: int = 1  # batches per update (gradient accumulation); the update sees ranks × accumulate batches
     concat_prob: float = 0.0  # probability that a training pair is joined to random others (long-input practice)
     concat_max: int = 3  # at most this many pairs joined into one example
-    concat_ramp_epochs: int = 0  # length curriculum: the joining probability rises over this many epochs; 0 = from the start
+    concat_ramp_epochs: int = 0  # length curriculum: the joining probability rises over this many epochs; 0 = none
     max_epochs: int = 30
     max_steps: int = 0  # 0 = no limit
     max_minutes: float = 0.0  # wall-clock budget, validation included; 0 = no limit
