@@ -50,7 +50,7 @@ override PY  := $(call sh,$(value VENV)/bin/python)
 override ENV := $(value VENV)/.installed
 # the command line's Hydra overrides, each one shell word. MAKEOVERRIDES writes a \ as \\, a space or tab as \<it>,
 # a $ as $$ and parts words with spaces (a newline, CR, VT or FF in an override's value parts it too)
-override _make_vars := RUN RUNS OUT EXPERIMENT TORCH VENV PYTHON HOST PORT NPROC SEEDS UPDATES
+override _make_vars := RUN RUNS OUT EVAL EXPERIMENT TORCH VENV PYTHON HOST PORT NPROC SEEDS UPDATES
 override _overrides = $(filter-out $(addsuffix =%,$(_make_vars)) $(addsuffix :=%,$(_make_vars)), \
 	$(subst \$(_tab),$(_T),$(subst \ ,$(_S),$(subst \\,$(_B),$(MAKEOVERRIDES)))))
 override HYDRA_ARGS = $(call _no_ctl,$(MAKEOVERRIDES))$(foreach a,$(_overrides),$(call sh,$(subst $$$$,$$,$(subst $(_B),\,$(subst $(_S), ,$(subst $(_T),$(_tab),$(a)))))))
@@ -120,9 +120,9 @@ compare: $(ENV)  ## the three models, same data and budget (configs/experiment/$
 	$(PY) -m translate.train $(call sh,+experiment=$(call hydra,$(value EXPERIMENT))) $(HYDRA_ARGS) \
 		$(if $(value SEEDS),"trainer.seed=$$(seq -s, 1234 $$((1233 + $(call number,SEEDS))))")
 
-report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir]: redraw the comparison from finished runs (RUNS: space-separated, no spaces in a dir)
+report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir] [EVAL=valid]: redraw the comparison from finished runs (RUNS: space-separated, no spaces in a dir)
 	@test -n $(call sh,$(strip $(value RUNS))) || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report] (RUNS: space-separated, so a run dir cannot contain spaces)'; exit 2; }
-	$(PY) -m translate.report $(call sh,--out=$(value OUT)) -- $(RUN_DIRS)
+	$(PY) -m translate.report $(call sh,--out=$(value OUT)) $(if $(value EVAL),$(call sh,--eval=$(value EVAL))) -- $(RUN_DIRS)
 
 # OUT as given, else the command's own default (runs/significance), not the report's
 significance: $(ENV)  ## make significance RUNS="<baseline run> <runs>" [OUT=dir]: paired tests (sacreBLEU) of each run against the first

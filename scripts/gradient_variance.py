@@ -8,7 +8,7 @@ on `--batches` batches of `batch_tokens` target tokens drawn from the training s
 sentences for every run), each batch's gradient taken `--draws` times:
 
     sampling  (1/B) Σ_b (1/(R−1)) Σ_r ‖g_br − ḡ_b‖²   dropout off: the noise of the attention's own choices
-                                                       (0 for a soft scorer, whose gradient is a function of the batch)
+                                                       (hard attentions only: a soft scorer's is 0 by construction)
     total     (1/(BR−1)) Σ_br ‖g_br − ḡ‖²              dropout on, as in training: batches + dropout + sampling
 
 each as a ratio to ‖ḡ‖², the squared norm of the mean gradient (noise to signal; ḡ is the mean over all B·R
@@ -34,6 +34,8 @@ from translate.decoding.inference import load_run  # noqa: E402
 from translate.models.dropout import Dropout  # noqa: E402
 from translate.models.loss import sequence_loss  # noqa: E402
 from translate.runtime.checkpoints import find_checkpoint  # noqa: E402
+
+SAMPLED = ("hard", "hard_gumbel")  # attentions that draw a position in training
 
 
 def sentence_batches(tokenizer, cfg, count: int, batch_tokens: int, seed: int = 1234):
@@ -116,14 +118,17 @@ def main() -> None:
         model = model_for_weights(cfg.model, ckpt["vocab_size"], ckpt["model"], find_checkpoint(Path(run), "last"))
         batches = sentence_batches(tokenizer, cfg, args.batches, args.batch_tokens)
         row = {"run": str(run), "attention": cfg.model.get("attention"), "step": ckpt["train_state"]["step"]}
-        row["sampling_only"] = measure(model, batches, args.draws, cfg, dropout=False)
+        sampled = cfg.model.get("attention") in SAMPLED  # a soft scorer's sampling noise is 0: not measured
+        row["sampling_only"] = measure(model, batches, args.draws, cfg, dropout=False) if sampled else None
         row["as_trained"] = measure(model, batches, args.draws, cfg, dropout=True)
         rows.append(row)
         s, t = row["sampling_only"], row["as_trained"]
+        sampling = "0 (soft)"
+        if s is not None:
+            sampling = f"all {s['all']['sampling']:.3g}, attention {s['attention']['sampling']:.3g}"
         print(
-            f"{row['attention'] or run}: step {row['step']}; sampling noise/signal all {s['all']['sampling']:.3g}, "
-            f"attention {s['attention']['sampling']:.3g}; as trained (batches, dropout, sampling) "
-            f"all {t['all']['total']:.3g}, attention {t['attention']['total']:.3g}",
+            f"{row['attention'] or run}: step {row['step']}; sampling noise/signal {sampling}; as trained "
+            f"(batches, dropout, sampling) all {t['all']['total']:.3g}, attention {t['attention']['total']:.3g}",
             flush=True,
         )
     if args.out:

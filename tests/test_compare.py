@@ -102,6 +102,31 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     assert (sweep / "transformer_seed1234" / "eval" / "test.json").exists()
     assert json.loads((report / "report.json").read_text())[0]["steps"] == 4
 
+    # candidates chosen on the validation set: its evaluation and probe, compared by `make report EVAL=valid`
+    runs = [sweep / f"{m}_seed1234" for m in ("rnn", "transformer")]
+    for run in runs:
+        done = subprocess.run(
+            [sys.executable, "-m", "translate.evaluate", f"run={run}", "eval.split=valid"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    chosen = tmp_path / "valid_report"
+    report_cmd = [sys.executable, "-m", "translate.report", f"--out={chosen}", "--eval", "valid", *map(str, runs)]
+    done = subprocess.run(report_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((chosen / "report.json").read_text())
+    assert [(r["name"], r["eval"]["name"], r["eval"]["sentences"]) for r in rows] == [
+        ("rnn", "valid", 20),
+        ("transformer", "valid", 20),
+    ]
+    assert "consecutive valid pairs joined" in (chosen / "report.md").read_text()
+    refused = [*report_cmd[:4], "--eval", "../test", str(runs[0])]
+    done = subprocess.run(refused, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: --eval='../test'")
+
     # where the reversal goes wrong, on the real run: the script's exact share is the hypotheses' own
     run = sweep / "transformer_seed1234"
     done = subprocess.run([sys.executable, "scripts/reversal_errors.py", str(run)], cwd=ROOT, capture_output=True)

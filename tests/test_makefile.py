@@ -189,6 +189,7 @@ CASES = [
     ("eval", "RUN", lambda v: [f"run={_hydra_quoted(v)}"]),
     ("translate", "RUN", lambda v: [f"run={_hydra_quoted(v)}"]),
     ("report RUNS=runs/a", "OUT", lambda v: [f"--out={v}", "--", "runs/a"]),
+    ("report RUNS=runs/a", "EVAL", lambda v: [f"--eval={v}", "--", "runs/a"]),
     ("report", "RUNS", lambda v: ["--", *v.split()]),
     ("bench", "RUNS", lambda v: ["scripts/benchmark.py", "--", *v.split()]),
     ("compare", "EXPERIMENT", lambda v: [f"+experiment={_hydra_quoted(v)}"]),

@@ -1,14 +1,16 @@
 """Compare finished runs: `python -m translate.report RUN_DIR… [--out DIR]`.
 
-Writes report.{md,json} and bleu_vs_length.png from the runs' summaries and evaluations, never their
-weights (translate/evaluation/comparison.py says what they hold).
+Writes report.{md,json} and bleu_vs_length.png from the runs' summaries and evaluations (eval/test.json, or
+eval/<name>.json with --eval <name>: `--eval valid` compares candidates on the validation set and its probe),
+never their weights (translate/evaluation/comparison.py says what they hold).
 """
 
 import argparse
 from pathlib import Path
 
+from translate.config.rules import SAFE_NAME
 from translate.evaluation.comparison import write_reports
-from translate.runtime.errors import one_line_errors
+from translate.runtime.errors import UserError, one_line_errors
 
 
 @one_line_errors
@@ -16,8 +18,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (trained and evaluated)")
     parser.add_argument("--out", type=Path, default=Path("runs/report"), help="report directory (default: runs/report)")
+    parser.add_argument(
+        "--eval", default="test", help="which evaluation: eval/<name>.json (default test; valid after eval.split=valid)"
+    )
     args = parser.parse_args()
-    print(write_reports(args.runs, args.out).read_text())
+    if not SAFE_NAME.fullmatch(args.eval) or ".." in args.eval:
+        raise UserError(f"--eval={args.eval!r}: not an evaluation's name; give one like test or valid")
+    print(write_reports(args.runs, args.out, args.eval).read_text())
 
 
 if __name__ == "__main__":

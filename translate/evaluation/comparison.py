@@ -32,7 +32,7 @@ def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
     except (ValueError, RecursionError) as e:
         what = f"its train_summary.json or eval/{eval_name}.json is not JSON ({e})"
         raise UserError(f"{run_dir}: {what}; evaluate it again") from None
-    return {**row, "run": str(run_dir), "name": run_dir.name}
+    return {**row, "run": str(run_dir), "name": run_dir.name, "eval_name": eval_name}
 
 
 MIN_BUCKET = 10  # sentences a bucket needs to count in the drop; smaller ones are too noisy
@@ -66,7 +66,8 @@ def _length_buckets(row: dict, key: str | None) -> list[dict]:
 
 def _probe_texts(row: dict) -> tuple[list[str], list[str], list[str]] | None:
     """The probe's sources, references and this run's hypotheses, as evaluation wrote them."""
-    paths = [Path(row["run"]) / "eval" / f"test_probe.{s}" for s in ("src", "ref", "hyp")]  # never a name a file says
+    name = row.get("eval_name", "test")  # set by load_run_results from the caller, never from a file
+    paths = [Path(row["run"]) / "eval" / f"{name}_probe.{s}" for s in ("src", "ref", "hyp")]
     return tuple(read_small(p, 1 << 30).splitlines() for p in paths) if all(p.exists() for p in paths) else None
 
 
@@ -162,7 +163,8 @@ def markdown(rows: list[dict]) -> str:
         if key:
             p = rows[0]["eval"]["probe"]
             lines.append(
-                f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive test pairs joined"
+                f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive "
+                f"{rows[0]['eval_name']} pairs joined"
             )
         else:
             lines.append(f"## BLEU by source length (words), {title}")
@@ -191,14 +193,17 @@ def plot(rows: list[dict], path: Path):
     return fig
 
 
-def write_report(run_dirs: list[Path], out: Path) -> list[dict]:
-    rows = [r for r in (load_run_results(Path(d)) for d in run_dirs) if r]
+def write_report(run_dirs: list[Path], out: Path, eval_name: str = "test") -> list[dict]:
+    rows = [r for r in (load_run_results(Path(d), eval_name) for d in run_dirs) if r]
     if len({r["model"] for r in rows}) == len(rows):  # a comparison: one run per model, named by it
         for r in rows:
             r["name"] = r["model"]
     missing = sorted(set(map(str, run_dirs)) - {r["run"] for r in rows})
     if not rows:
-        raise UserError(f"no finished, evaluated run among {', '.join(map(str, run_dirs))}; train and evaluate first")
+        raise UserError(
+            f"no finished run with eval/{eval_name}.json among {', '.join(map(str, run_dirs))}; train and evaluate "
+            + ("first" if eval_name == "test" else f"it (make eval RUN=… eval.split={eval_name})")
+        )
     out.mkdir(parents=True, exist_ok=True)
     baseline = fixed_vector_baseline(rows)
     for r in rows:
@@ -227,17 +232,18 @@ def run_seed(run_dir: Path) -> int:
     return seed
 
 
-def write_reports(run_dirs: list[Path], out: Path) -> Path:
-    """One comparison's report in `out`; runs of several seeds get one report per seed in `out`/seed_<s>/ and
-    the spread over seeds in `out` (evaluation.spread).  Returns the markdown file to show."""
+def write_reports(run_dirs: list[Path], out: Path, eval_name: str = "test") -> Path:
+    """One comparison's report in `out`, of the runs' evaluations eval/<eval_name>.json; runs of several seeds get
+    one report per seed in `out`/seed_<s>/ and the spread over seeds in `out` (evaluation.spread).  Returns the
+    markdown file to show."""
     by_seed = {}
     for run in run_dirs:
         by_seed.setdefault(run_seed(run), []).append(run)
     if len(by_seed) == 1:
-        write_report(run_dirs, out)
+        write_report(run_dirs, out, eval_name)
         return out / "report.md"
     for seed, runs in sorted(by_seed.items()):
-        write_report(runs, out / f"seed_{seed}")
+        write_report(runs, out / f"seed_{seed}", eval_name)
     write_seeds_report([out / f"seed_{seed}" for seed in sorted(by_seed)], out)
     return out / "seeds.md"
 
