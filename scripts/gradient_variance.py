@@ -14,7 +14,7 @@ sentences for every run), each batch's gradient taken `--draws` times:
 each as a ratio to ‖ḡ‖², the squared norm of the mean gradient (noise to signal; ḡ is the mean over all B·R
 gradients of that mode), for all parameters and for the attention's own (the scorer's energies: under hard
 attention the only parameters the REINFORCE term reaches). The moving-average baseline is put back after every
-gradient, so every draw sees the checkpoint's.
+gradient, so every draw sees the checkpoint's. Beside them, how peaked the scorer's α is (`alignment_entropy`).
 """
 
 import argparse
@@ -31,7 +31,9 @@ from translate.config.stored import evaluation_data, model_for_weights  # noqa: 
 from translate.data.batching import collate  # noqa: E402
 from translate.data.pipeline import load_split  # noqa: E402
 from translate.decoding.inference import load_run  # noqa: E402
+from translate.models.attention import Scorer  # noqa: E402
 from translate.models.dropout import Dropout  # noqa: E402
+from translate.models.hard_attention import GumbelHardAttention, HardAttention  # noqa: E402
 from translate.models.loss import sequence_loss  # noqa: E402
 from translate.runtime.checkpoints import find_checkpoint  # noqa: E402
 
@@ -103,6 +105,34 @@ def measure(model, batches, draws: int, cfg, dropout: bool) -> dict:
     return result
 
 
+def alignment_entropy(model, batches) -> float | None:
+    """How peaked the attention's α is where training stopped: the mean over target steps of H(α_t) / log n_t (n_t
+    the positions α may take; 1 = uniform, 0 = one position), in eval mode, from the scorer's own energies (for
+    hard attention, the distribution it draws from). None for a model without an RNN scorer's `scores`."""
+    hard = [m.energy for m in model.modules() if isinstance(m, (HardAttention, GumbelHardAttention))]
+    scorers = hard or [m for m in model.modules() if isinstance(m, Scorer)]
+    if not scorers:
+        return None
+    energy, ratios = scorers[0], []
+
+    def recorded(query, keys, mask, position):
+        scores, allowed = type(energy).scores(energy, query, keys, mask, position)
+        log_alpha = torch.log_softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1)
+        entropy = -(log_alpha.exp() * log_alpha.masked_fill(~allowed, 0.0)).sum(-1)
+        n = allowed.sum(-1)
+        ratios.append((entropy[n > 1] / n[n > 1].float().log()).tolist())
+        return scores, allowed
+
+    energy.scores = recorded
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            model.features(batch.src, batch.src_mask, batch.tgt_in)
+    del energy.scores
+    flat = [r for step in ratios for r in step]
+    return sum(flat) / len(flat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+")
@@ -121,6 +151,7 @@ def main() -> None:
         sampled = cfg.model.get("attention") in SAMPLED  # a soft scorer's sampling noise is 0: not measured
         row["sampling_only"] = measure(model, batches, args.draws, cfg, dropout=False) if sampled else None
         row["as_trained"] = measure(model, batches, args.draws, cfg, dropout=True)
+        row["alignment_entropy"] = alignment_entropy(model, batches)
         rows.append(row)
         s, t = row["sampling_only"], row["as_trained"]
         sampling = "0 (soft)"
@@ -128,7 +159,8 @@ def main() -> None:
             sampling = f"all {s['all']['sampling']:.3g}, attention {s['attention']['sampling']:.3g}"
         print(
             f"{row['attention'] or run}: step {row['step']}; sampling noise/signal {sampling}; as trained "
-            f"(batches, dropout, sampling) all {t['all']['total']:.3g}, attention {t['attention']['total']:.3g}",
+            f"(batches, dropout, sampling) all {t['all']['total']:.3g}, attention {t['attention']['total']:.3g}; "
+            f"entropy of α / uniform {row['alignment_entropy'] or float('nan'):.3f}",
             flush=True,
         )
     if args.out:
