@@ -101,6 +101,9 @@ def measure(model, batches, draws: int, cfg, dropout: bool) -> dict:
     for key, m in (("all", slice(None)), ("attention", mask)):
         signal = float((mean[m] ** 2).sum())
         spread = (sum_sq[key] - n * signal) / (n - 1)  # Σ‖g − ḡ‖² = Σ‖g‖² − n‖ḡ‖²
+        if not signal:  # no parameters of its own (the dot scorer): nothing to measure
+            result[key] = None
+            continue
         result[key] = {"mean_grad_sq": signal, "sampling": within[key] / signal, "total": spread / signal}
     return result
 
@@ -133,6 +136,10 @@ def alignment_entropy(model, batches) -> float | None:
     return sum(flat) / len(flat)
 
 
+def ratio(measured: dict | None, key: str) -> str:
+    return "none (no parameters)" if measured is None else f"{measured[key]:.3g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+")
@@ -156,10 +163,10 @@ def main() -> None:
         s, t = row["sampling_only"], row["as_trained"]
         sampling = "0 (soft)"
         if s is not None:
-            sampling = f"all {s['all']['sampling']:.3g}, attention {s['attention']['sampling']:.3g}"
+            sampling = f"all {s['all']['sampling']:.3g}, attention {ratio(s['attention'], 'sampling')}"
         print(
             f"{row['attention'] or run}: step {row['step']}; sampling noise/signal {sampling}; as trained "
-            f"(batches, dropout, sampling) all {t['all']['total']:.3g}, attention {t['attention']['total']:.3g}; "
+            f"(batches, dropout, sampling) all {t['all']['total']:.3g}, attention {ratio(t['attention'], 'total')}; "
             f"entropy of α / uniform {row['alignment_entropy'] or float('nan'):.3f}",
             flush=True,
         )

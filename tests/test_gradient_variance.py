@@ -21,10 +21,10 @@ V = 40
 CFG = SimpleNamespace(trainer=SimpleNamespace(label_smoothing=0.1, loss_chunk=5))
 
 
-def _model(attention, dropout=0.1):
+def _model(attention, dropout=0.1, **extra):
     torch.manual_seed(0)
     config = ModelConfig(
-        name="rnn_attention", attention=attention, emb_dim=16, hidden_dim=24, attention_dim=12, dropout=dropout
+        name="rnn_attention", attention=attention, emb_dim=16, hidden_dim=24, attention_dim=12, dropout=dropout, **extra
     )
     return build_model(config, V)
 
@@ -47,6 +47,8 @@ def test_a_soft_scorer_has_no_sampling_noise_and_a_hard_attention_has():
     assert all(torch.equal(b, before[name]) for name, b in hard_model.named_buffers())  # the baseline put back
     as_trained = gradient_variance.measure(_model("additive"), batches, 3, CFG, dropout=True)
     assert as_trained["all"]["total"] > 0  # dropout and two batches: the gradient varies
+    dot = gradient_variance.measure(_model("dot", bidirectional=False), batches, 2, CFG, dropout=True)
+    assert dot["attention"] is None and dot["all"]["total"] > 0  # a scorer without parameters of its own
 
 
 def test_alignment_entropy_reads_the_energies_a_hard_attention_draws_from():
