@@ -27,15 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from translate.config.stored import evaluation_data, model_for_weights  # noqa: E402
+from translate.config.stored import evaluation_data  # noqa: E402
 from translate.data.batching import collate  # noqa: E402
 from translate.data.pipeline import load_split  # noqa: E402
 from translate.decoding.inference import load_run  # noqa: E402
 from translate.models.attention import Scorer  # noqa: E402
 from translate.models.dropout import Dropout  # noqa: E402
-from translate.models.hard_attention import GumbelHardAttention, HardAttention  # noqa: E402
+from translate.models.hard_attention import GumbelHardAttention, HardAttention, entropy, masked_log_softmax  # noqa: E402
 from translate.models.loss import sequence_loss  # noqa: E402
-from translate.runtime.checkpoints import find_checkpoint  # noqa: E402
 
 SAMPLED = ("hard", "hard_gumbel")  # attentions that draw a position in training
 
@@ -68,11 +67,12 @@ def flat_gradient(model, batch, cfg) -> torch.Tensor:
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
-    return torch.cat([p.grad.reshape(-1).float() for p in model.parameters() if p.grad is not None])
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in trained])
 
 
 def attention_slice(model) -> torch.Tensor:
-    """A boolean mask over the flat gradient: True on the attention module's parameters."""
+    """A boolean mask over the flat gradient (the same parameters, in the same order): True on the attention's."""
     parts = [torch.full((p.numel(),), "attention" in name) for name, p in model.named_parameters() if p.requires_grad]
     return torch.cat(parts)
 
@@ -117,13 +117,12 @@ def alignment_entropy(model, batches) -> float | None:
     if not scorers:
         return None
     energy, ratios = scorers[0], []
+    scores_of = type(energy).scores.__get__(energy)  # the class's own method, under the recording one
 
     def recorded(query, keys, mask, position):
-        scores, allowed = type(energy).scores(energy, query, keys, mask, position)
-        log_alpha = torch.log_softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1)
-        entropy = -(log_alpha.exp() * log_alpha.masked_fill(~allowed, 0.0)).sum(-1)
+        scores, allowed = scores_of(query, keys, mask, position)
         n = allowed.sum(-1)
-        ratios.append((entropy[n > 1] / n[n > 1].float().log()).tolist())
+        ratios.append((entropy(masked_log_softmax(scores, allowed), allowed)[n > 1] / n[n > 1].float().log()).tolist())
         return scores, allowed
 
     energy.scores = recorded
@@ -151,8 +150,8 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for run in args.runs:
-        _, tokenizer, cfg, ckpt = load_run(run, "last", device="cpu")
-        model = model_for_weights(cfg.model, ckpt["vocab_size"], ckpt["model"], find_checkpoint(Path(run), "last"))
+        model, tokenizer, cfg, ckpt = load_run(run, "last", device="cpu")
+        model.load_state_dict(ckpt["model"])  # the training weights, not the moving average load_run decodes with
         batches = sentence_batches(tokenizer, cfg, args.batches, args.batch_tokens)
         row = {"run": str(run), "attention": cfg.model.get("attention"), "step": ckpt["train_state"]["step"]}
         sampled = cfg.model.get("attention") in SAMPLED  # a soft scorer's sampling noise is 0: not measured

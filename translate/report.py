@@ -8,7 +8,7 @@ never their weights (translate/evaluation/comparison.py says what they hold).
 import argparse
 from pathlib import Path
 
-from translate.config.rules import SAFE_NAME
+from translate.config.rules import NAME
 from translate.evaluation.comparison import write_reports
 from translate.runtime.errors import UserError, one_line_errors
 
@@ -22,8 +22,9 @@ def main() -> None:
         "--eval", default="test", help="which evaluation: eval/<name>.json (default test; valid after eval.split=valid)"
     )
     args = parser.parse_args()
-    if not SAFE_NAME.fullmatch(args.eval) or ".." in args.eval:
-        raise UserError(f"--eval={args.eval!r}: not an evaluation's name; give one like test or valid")
+    plain_name, rule = NAME
+    if not plain_name(args.eval):
+        raise UserError(f"--eval={args.eval!r} {rule}; give an evaluation's name, like test or valid")
     print(write_reports(args.runs, args.out, args.eval).read_text())
 
 

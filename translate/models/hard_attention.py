@@ -20,10 +20,20 @@ import torch
 from torch import nn
 
 
+def masked_log_softmax(scores, allowed):
+    """log α = log softmax(e) (B, S), fp32, −inf where not allowed."""
+    return torch.log_softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1)
+
+
 def log_distribution(energy: nn.Module, query, keys, mask, position):
-    """log α (B, S), fp32, −inf where not allowed, and the allowed positions (B, S) bool."""
+    """log α (B, S) from an energy module's scores, and the allowed positions (B, S) bool."""
     scores, allowed = energy.scores(query, keys, mask, position)
-    return torch.log_softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1), allowed
+    return masked_log_softmax(scores, allowed), allowed
+
+
+def entropy(log_alpha, allowed):
+    """H[α] = −Σ_j α_j log α_j over the allowed positions (B,), from log α (B, S) (0·log 0 = 0 elsewhere)."""
+    return -(log_alpha.exp() * log_alpha.masked_fill(~allowed, 0.0)).sum(-1)
 
 
 def read(memory, position):
@@ -73,9 +83,8 @@ class HardAttention(nn.Module):
         else:
             chosen = log_alpha.argmax(-1)
         log_prob = log_alpha.gather(1, chosen.unsqueeze(1)).squeeze(1)
-        entropy = -(log_alpha.exp() * log_alpha.masked_fill(~allowed, 0.0)).sum(-1)  # 0·log 0 = 0 on padding
         context = read(memory, chosen)
-        return context, one_hot(chosen, memory[:, :, 0]), log_prob, entropy
+        return context, one_hot(chosen, memory[:, :, 0]), log_prob, entropy(log_alpha, allowed)
 
     def forward(self, query, keys, memory, mask, position=None):
         return self.sample(query, keys, memory, mask, position)[:2]
