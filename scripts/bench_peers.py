@@ -328,7 +328,8 @@ def main() -> None:
         "--peer-malloc", choices=["system", "tcmalloc"], default="system", help="JoeyNMT's allocator (default: glibc's)"
     )
     args = parser.parse_args()
-    args.overrides = [f"data.test_limit={args.sentences}"] if args.sentences else []
+    # the peer trains on the corpus's pairs as they are: so does this side (no joined pairs), the same work
+    args.overrides = ["trainer.concat_prob=0.0"] + ([f"data.test_limit={args.sentences}"] if args.sentences else [])
     args.dev = min(DEV_SENTENCES, args.sentences or DEV_SENTENCES)
     args.work.mkdir(parents=True, exist_ok=True)
     python = joeynmt_python(args.venv)

@@ -75,6 +75,8 @@ def compose_settings(setting: str, steps: int):
 
     register_configs()
     overrides = [o for o in shlex.split(setting) if not o.startswith("batching=")]
+    if not any(o.startswith("trainer.concat_prob=") for o in overrides):  # the corpus's pairs, as first measured
+        overrides.append("trainer.concat_prob=0.0")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(
             config_name="train", overrides=[*overrides, f"trainer.max_steps={steps}", "trainer.max_minutes=0"]

@@ -58,6 +58,21 @@ def test_comparison_directory_names_every_changed_setting(overrides, sweep_dir):
     assert cfg.hydra.sweep.dir == f"runs/compare/{sweep_dir}"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "joining"),
+    [
+        ([], (0.5, 5)),  # make train: long inputs (docs/results/README.md#long-inputs-and-the-default-recipe)
+        (["trainer=gpu"], (0.5, 5)),
+        (["+experiment=bottleneck"], (0.5, 5)),  # make compare, as its report says
+        (["+experiment=attention_scorers"], (0.0, 5)),  # measured on the corpus's pairs alone
+        (["+experiment=multi30k_best"], (0.0, 5)),
+    ],
+)
+def test_each_recipe_joins_pairs_as_its_results_were_measured(overrides, joining):
+    trainer = compose_train(overrides).trainer
+    assert (trainer.concat_prob, trainer.concat_max) == joining
+
+
 def test_every_number_and_choice_of_the_schemas_has_a_rule():
     """A new size, probability or choice in translate/config/schema.py gets a range in translate/config/rules.py."""
     from dataclasses import fields, is_dataclass
