@@ -122,7 +122,8 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
         ("rnn", "valid", 20),
         ("transformer", "valid", 20),
     ]
-    assert "consecutive valid pairs joined" in (chosen / "report.md").read_text()
+    text = (chosen / "report.md").read_text()
+    assert "consecutive valid pairs joined" in text and "(words), valid set" in text and "test set" not in text
     refused = [*report_cmd[:4], "--eval", "../test", str(runs[0])]
     done = subprocess.run(refused, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: --eval='../test'")

@@ -64,9 +64,14 @@ def _length_buckets(row: dict, key: str | None) -> list[dict]:
     return row["eval"]["bleu_by_length"] if key is None else (row["eval"].get(key) or {}).get("bleu_by_length", [])
 
 
+def _eval_name(row: dict) -> str:
+    """The evaluation a row holds (test, valid, …): set by load_run_results from the caller, never from a file."""
+    return row.get("eval_name", "test")
+
+
 def _probe_texts(row: dict) -> tuple[list[str], list[str], list[str]] | None:
     """The probe's sources, references and this run's hypotheses, as evaluation wrote them."""
-    name = row.get("eval_name", "test")  # set by load_run_results from the caller, never from a file
+    name = _eval_name(row)
     paths = [Path(row["run"]) / "eval" / f"{name}_probe.{s}" for s in ("src", "ref", "hyp")]
     return tuple(read_small(p, 1 << 30).splitlines() for p in paths) if all(p.exists() for p in paths) else None
 
@@ -112,7 +117,14 @@ def gap_lines(rows: list[dict]) -> list[str]:
         test, probe = (gap_to_baseline(_length_buckets(r, k), _length_buckets(baseline, k)) for k in (None, "probe"))
         cells = [c for g in (test, probe) for c in ([f"{g[0]:+.2f}", f"{g[1]:+.2f}"] if g else ["–", "–"])]
         table.append([r["name"], *cells, _grows(r, probe)])
-    header = ["run", "test set: shortest", "longest", "probe: shortest", "longest", "lead grows on the probe"]
+    header = [
+        "run",
+        f"{_eval_name(rows[0])} set: shortest",
+        "longest",
+        "probe: shortest",
+        "longest",
+        "lead grows on the probe",
+    ]
     lines = [
         f"## BLEU above `{baseline['name']}`: shortest vs longest bucket (buckets of {MIN_BUCKET}+ sentences)",
         "",
@@ -156,7 +168,7 @@ def markdown(rows: list[dict]) -> str:
         if first.get(key):
             signatures.append(f"{label} signature: `{first[key]}`")
     lines += ["", "; ".join(signatures) + ("" if first.get("ter") is None else " (TER: lower is better)"), ""]
-    for title, key in (("test set", None), ("long-sentence probe", "probe")):
+    for title, key in ((f"{_eval_name(rows[0])} set", None), ("long-sentence probe", "probe")):
         buckets = [_length_buckets(r, key) for r in rows]
         if not all(buckets):
             continue
@@ -164,7 +176,7 @@ def markdown(rows: list[dict]) -> str:
             p = rows[0]["eval"]["probe"]
             lines.append(
                 f"## BLEU by source length (words), {title}: k = 1..{p['k_max']} consecutive "
-                f"{rows[0]['eval_name']} pairs joined"
+                f"{_eval_name(rows[0])} pairs joined"
             )
         else:
             lines.append(f"## BLEU by source length (words), {title}")
@@ -180,11 +192,12 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path):
     """BLEU against source length, one curve per run; one panel per test set (natural, probe)."""
-    panels = [("test set", [(r["name"], r["eval"]["bleu_by_length"]) for r in rows])]
+    name = _eval_name(rows[0])
+    panels = [(f"{name} set", [(r["name"], r["eval"]["bleu_by_length"]) for r in rows])]
     if all(r["eval"].get("probe") for r in rows):
         panels.append(
             (
-                "long-sentence probe (joined test pairs)",
+                f"long-sentence probe (joined {name} pairs)",
                 [(r["name"], r["eval"]["probe"]["bleu_by_length"]) for r in rows],
             )
         )
