@@ -345,8 +345,10 @@ def test_average_out_is_a_plain_name_that_is_not_trainings_own(tmp_path, out):
 def test_a_report_takes_the_run_from_the_directory_never_from_its_files(tmp_path):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
-    (run / "train_summary.json").write_text(json.dumps({"run": "/etc", "name": "x", "model": "rnn"}))
-    (run / "eval" / "test.json").write_text("{}")
+    summary = {"run": "/etc", "name": "x", "model": "rnn", "parameters": 1, "train_minutes": 1.0, "epochs": 1.0}
+    (run / "train_summary.json").write_text(json.dumps({**summary, "tokens_per_s": 1.0}))
+    record = {"bleu": 1.0, "chrf": 1.0, "bleu_by_length": [], "src_lang": "de", "tgt_lang": "en", "sentences": 1}
+    (run / "eval" / "test.json").write_text(json.dumps({**record, "name": "test"}))
     row = load_run_results(run)
     assert row["run"] == str(run) and row["name"] == "run"
     (run / "eval" / "test.json").write_text("[" * 100_000)

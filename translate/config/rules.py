@@ -33,7 +33,7 @@ Rule = tuple[Callable[[Any], bool], str]
 POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
 PROBABILITY: Rule = (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]")
-LIMIT: Rule = (lambda v: v is None or v > 0, "must be > 0, or null for all")
+LIMIT: Rule = (lambda v: v is None or 0 < v <= 10**9, "must be in 1..10^9, or null for all")
 DEVICE: Rule = (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None, "must be auto, cpu, cuda or cuda:N")
 BETAS: Rule = (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)")
 # a name that becomes part of a file name (languages, splits, eval.name, out=): no separators, no `..`
@@ -43,9 +43,16 @@ NAME: Rule = (
     "must be a plain name: letters, digits, _ . - (it becomes part of a file name)",
 )
 BUCKETS: Rule = (
-    lambda v: len(v) >= 2 and all(a < b for a, b in zip(v, v[1:])),
-    "must be at least two increasing bounds",
+    lambda v: 2 <= len(v) <= 101 and all(a < b for a, b in zip(v, v[1:])) and 0 <= v[0] and v[-1] <= 10**6,
+    "must be 2 to 101 increasing bounds in 0..10^6",
 )
+# Every size a config gives has a ceiling as well as a floor: a stored config (a checkpoint from anyone) goes
+# through these rules too, and nothing it says may size an allocation unchecked (docs/security.md)
+MAX_SYNTHETIC_WORDS = 20_000_000  # words of one synthetic split (size × max_len); the default train split: 3 M
+
+
+def between(low, high) -> Rule:
+    return (lambda v: low <= v <= high, f"must be in {low:,}..{high:,}")
 
 
 def one_of(*choices: str) -> Rule:
@@ -53,7 +60,9 @@ def one_of(*choices: str) -> Rule:
 
 
 RULES: dict[str, Rule] = {
-    **dict.fromkeys(["data.max_tokens", "data.tokenizer.vocab_size", "data.tokenizer.input_sentence_size"], POSITIVE),
+    "data.max_tokens": between(1, 65_536),
+    "data.tokenizer.vocab_size": between(1, 1_000_000),
+    "data.tokenizer.input_sentence_size": between(1, 10**9),
     **dict.fromkeys(["data.max_download_mb", "data.download_minutes"], POSITIVE),
     "data.format": one_of(*FORMATS),
     **dict.fromkeys(["data.name", "data.src_lang", "data.tgt_lang", "eval.name", "out"], NAME),
@@ -62,8 +71,9 @@ RULES: dict[str, Rule] = {
     "data.tokenizer.character_coverage": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     **dict.fromkeys(["data.train_limit", "data.valid_limit", "data.test_limit"], LIMIT),
     "data.synthetic.task": one_of("reverse", "copy"),
-    **{f"data.synthetic.{k}": POSITIVE for k in ("symbols", "min_len", "max_len")},
-    **{f"data.synthetic.{split}_size": POSITIVE for split in ("train", "valid", "test")},
+    "data.synthetic.symbols": between(1, 100_000),
+    **{f"data.synthetic.{k}": between(1, 10_000) for k in ("min_len", "max_len")},
+    **{f"data.synthetic.{split}_size": between(1, 10_000_000) for split in ("train", "valid", "test")},
     "model.name": one_of(*MODELS),
     "model.cell": one_of(*CELLS),
     "model.attention": one_of(*SCORERS),
@@ -94,8 +104,13 @@ RULES: dict[str, Rule] = {
     "trainer.attention_head": (lambda v: v >= -1, "must be a head's index, or -1 for their mean"),
     "eval.device": DEVICE,
     "eval.split": one_of("test", "valid", "train"),
-    **{f"eval.{k}": POSITIVE for k in ("batch_tokens", "beam_size", "n_best", "max_len_ratio")},
-    **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty", "max_len_offset", "probe_k", "probe_per_k")},
+    "eval.batch_tokens": between(1, 10**8),
+    **{f"eval.{k}": between(1, 256) for k in ("beam_size", "n_best")},
+    "eval.max_len_ratio": (lambda v: 0 < v <= 100, "must be in (0, 100]"),
+    "eval.max_len_offset": between(0, 10_000),
+    "eval.probe_k": between(0, 50),
+    "eval.probe_per_k": between(0, 10**6),
+    **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty",)},
     **dict.fromkeys(["eval.length_buckets", "eval.probe_length_buckets"], BUCKETS),
     # serve
     **{k: POSITIVE for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "max_queue", "batch_tokens")},
@@ -138,6 +153,13 @@ def broken_relations(cfg) -> list[str]:
     synthetic, ec = OmegaConf.select(cfg, "data.synthetic"), OmegaConf.select(cfg, "eval")
     if synthetic is not None and synthetic.min_len > synthetic.max_len:
         broken.append(f"data.synthetic.min_len={synthetic.min_len} > data.synthetic.max_len={synthetic.max_len}")
+    for split in ("train", "valid", "test"):
+        size = synthetic[f"{split}_size"] if synthetic is not None else 0
+        if synthetic is not None and size * synthetic.max_len > MAX_SYNTHETIC_WORDS:
+            broken.append(
+                f"data.synthetic.{split}_size={size} × max_len={synthetic.max_len} words > {MAX_SYNTHETIC_WORDS:,} "
+                "(one split's ceiling)"
+            )
     if ec is not None and ec.n_best > ec.beam_size:
         broken.append(f"eval.n_best={ec.n_best} > eval.beam_size={ec.beam_size} (n-best lists need a beam that wide)")
     model, tc = OmegaConf.select(cfg, "model"), OmegaConf.select(cfg, "trainer")

@@ -13,6 +13,8 @@ evaluation takes locations from the command and the project's own configs/data/<
 """
 
 import logging
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -28,6 +30,9 @@ from translate.runtime.checkpoints import CheckpointError
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 6  # TrainConfig nests three deep; deeper is not a config of this project
+MAX_VALUES = 5_000  # values in a stored config, counted as met (a TrainConfig has about 150)
+KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # a setting's name, or a file's in data.sha256
+MAX_TEXT = 1 << 16  # characters of its keys and strings together, each occurrence counted
 SCALARS = (str, int, float, bool, type(None))
 # where a corpus is: taken from the command and the project, never from a stored config
 LOCATION_KEYS = ("dir", "url", "download_dir", "hub", "hub_config", "hub_revision", "sha256")
@@ -36,22 +41,54 @@ PROJECT_DATA = PROJECT_ROOT / "configs" / "data"
 REFUSED = "refused: a checkpoint's settings are data, checked before use (docs/security.md)"
 
 
-def unsafe_values(value, key: str = "", depth: int = 0) -> list[str]:
-    """Dotted keys of `value` (a stored config) that are not plain data: interpolations, `???`, other types."""
-    if depth > MAX_DEPTH:
-        return [f"{key} (nested deeper than {MAX_DEPTH})"]
-    if isinstance(value, dict):
-        found = [f"{key}.{k!r} (a key that is not a string)" for k in value if not isinstance(k, str)]
-        for k, v in value.items():
-            found += unsafe_values(v, f"{key}.{k}" if key else str(k), depth + 1) if isinstance(k, str) else []
-        return found
-    if isinstance(value, (list, tuple)):
-        return [bad for i, v in enumerate(value) for bad in unsafe_values(v, f"{key}[{i}]", depth + 1)]
-    if not isinstance(value, SCALARS):
-        return [f"{key} (a {type(value).__name__})"]
-    if isinstance(value, str) and ("${" in value or value == "???"):
-        return [f"{key}={value[:60]!r} (an interpolation or a missing value, which is never resolved)"]
-    return []
+def unsafe_values(saved) -> list[str]:
+    """Dotted keys of `saved` (a stored config) that are not plain data: interpolations, `???`, other types,
+    numbers that are not finite, keys that are not plain names, nesting past MAX_DEPTH; or one entry saying it
+    holds more than MAX_VALUES values or MAX_TEXT characters.
+
+    The walk counts every value it meets, a list or mapping by its length before its items are looked at, so
+    structure shared many times over (a pickle's memo, YAML aliases: a few hundred bytes that expand to
+    millions of values) is refused after at most MAX_VALUES steps, never expanded."""
+    found, values, text = [], 0, 0
+    stack = [("", saved, 0)]
+    while stack:
+        key, value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            values += len(value)
+            if values > MAX_VALUES:
+                return [f"{key or '(top)'} (more than {MAX_VALUES:,} values in all: a config of this project has "
+                        "a few hundred; shared or repeated structure is not expanded)"]  # fmt: skip
+            if depth >= MAX_DEPTH:
+                found.append(f"{key} (nested deeper than {MAX_DEPTH})")
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            children = []
+            for k, v in items:
+                if not isinstance(value, dict):
+                    children.append((f"{key}[{k}]", v))
+                elif isinstance(k, str) and KEY.fullmatch(k):
+                    text += len(k)
+                    children.append((f"{key}.{k}" if key else k, v))
+                else:
+                    found.append(f"{key}.{str(k)[:40]!r} (a key that is not a plain name)")
+            stack.extend((child, v, depth + 1) for child, v in reversed(children))
+        elif not isinstance(value, SCALARS):
+            found.append(f"{key} (a {type(value).__name__})")
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{key}={value} (not a finite number)")
+        elif isinstance(value, str):
+            text += len(value)
+            if "${" in value or value == "???":
+                found.append(f"{key}={value[:60]!r} (an interpolation or a missing value, which is never resolved)")
+        if text > MAX_TEXT:
+            return [f"{key} (more than {MAX_TEXT:,} characters of text in all; a config of this project has a few "
+                    "thousand)"]  # fmt: skip
+    return found
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """`text` on one line, each character that is not printable escaped, cut at `limit` characters."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
 
 
 def stored_config(saved, origin: str | Path) -> DictConfig:
@@ -63,15 +100,17 @@ def stored_config(saved, origin: str | Path) -> DictConfig:
         raise CheckpointError(f"{origin}: its stored config is a {type(saved).__name__}, not a mapping; {REFUSED}")
     bad = unsafe_values(saved)
     if bad:
-        raise CheckpointError(f"{origin}: stored config key {bad[0]}; {REFUSED}")
+        raise CheckpointError(f"{origin}: stored config key {printable(bad[0])}; {REFUSED}")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(saved))
         broken = broken_rules(cfg) or broken_relations(cfg)
     except Exception as e:  # omegaconf's ValidationError, ConfigKeyError, … for a key or type the schema refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{origin}: stored config does not fit the schema ({first}); {REFUSED}") from None
+        raise CheckpointError(
+            f"{origin}: stored config does not fit the schema ({printable(first)}); {REFUSED}"
+        ) from None
     if broken:
-        raise CheckpointError(f"{origin}: stored config has {broken[0]}; {REFUSED}")
+        raise CheckpointError(f"{origin}: stored config has {printable(broken[0])}; {REFUSED}")
     return cfg
 
 
@@ -79,6 +118,15 @@ def model_for_weights(model_cfg, vocab_size, weights: dict, origin: str | Path) 
     """The model `model_cfg` describes, with `weights` loaded, built only after its parameter names and shapes
     were checked against `weights` on the meta device (no memory), so a config that claims more than its
     tensors hold is refused before anything is allocated."""
+    check_weights(model_cfg, vocab_size, weights, origin)
+    model = build_model(model_cfg, vocab_size, PAD)
+    model.load_state_dict(weights)
+    return model
+
+
+def check_weights(model_cfg, vocab_size, weights: dict, origin: str | Path) -> None:
+    """Refuse `weights` unless they are exactly the tensors of the model `model_cfg` describes, names and shapes,
+    compared with that model built on the meta device (no memory taken)."""
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 4:
         raise CheckpointError(f"{origin}: vocab_size={vocab_size!r} is not a vocabulary size; {REFUSED}")
     layers = sum(int(getattr(model_cfg, k)) for k in ("enc_layers", "dec_layers"))
@@ -102,9 +150,6 @@ def model_for_weights(model_cfg, vocab_size, weights: dict, origin: str | Path) 
             else f"{name} is {'missing' if missing else 'not part of the model its config describes'}"
         )
         raise CheckpointError(f"{origin}: weights and config disagree ({what}); {REFUSED}")
-    model = build_model(model_cfg, vocab_size, PAD)
-    model.load_state_dict(weights)
-    return model
 
 
 def project_data_config(name: str) -> DictConfig:

@@ -33,7 +33,13 @@ from translate.data.batching import collate
 from translate.data.tokenizer import BOS, EOS, Tokenizer
 from translate.decoding.search import Hypothesis, source_limit, translate_ids
 from translate.decoding.sentences import split_into_sentences
-from translate.runtime.checkpoints import CheckpointError, find_checkpoint, inference_weights, load_checkpoint
+from translate.runtime.checkpoints import (
+    CheckpointError,
+    TrainState,
+    find_checkpoint,
+    inference_weights,
+    load_checkpoint,
+)
 from translate.runtime.device import resolve_device
 from translate.runtime.files import refuse_link
 
@@ -50,6 +56,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
     path = find_checkpoint(run_dir, checkpoint)
     ckpt = load_checkpoint(path, mmap=True)
     cfg = stored_config(ckpt.get("config"), path)
+    TrainState.from_checkpoint(ckpt, path)  # its counters checked now: a run is refused at load, not served broken
     tokenizer = run_tokenizer(run_dir)
     if ckpt.get("vocab_size") != len(tokenizer):
         raise CheckpointError(

@@ -9,16 +9,19 @@ train_summary.json, eval/test.json and the probe's texts eval/test_probe.{src,re
 import json
 from pathlib import Path
 
-import yaml
 from hydra.experimental.callback import Callback
 from torch.utils.tensorboard import SummaryWriter
 
 from translate.evaluation.metrics import bleu_statistics, lead_growth_interval, length_bucket
 from translate.evaluation.plots import bleu_by_length_figure, bucket_label, plt
+from translate.evaluation.records import read_evaluation, read_summary
 from translate.evaluation.spread import DEFAULT_SEED, write_seeds_report
 from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
 from translate.runtime.files import read_small, read_yaml
+
+SUMMARY_NEEDS = ("model", "parameters", "train_minutes", "epochs", "tokens_per_s")  # what a report shows of each run
+EVALUATION_NEEDS = ("bleu", "chrf", "bleu_by_length", "src_lang", "tgt_lang", "name", "sentences")
 
 
 def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
@@ -27,11 +30,8 @@ def load_run_results(run_dir: Path, eval_name: str = "test") -> dict | None:
     summary, result = run_dir / "train_summary.json", run_dir / "eval" / f"{eval_name}.json"
     if not (summary.exists() and result.exists()):
         return None
-    try:
-        row = {**json.loads(read_small(summary)), "eval": json.loads(read_small(result))}
-    except (ValueError, RecursionError) as e:
-        what = f"its train_summary.json or eval/{eval_name}.json is not JSON ({e})"
-        raise UserError(f"{run_dir}: {what}; evaluate it again") from None
+    # every value checked where it is read (evaluation/records.py)
+    row = {**read_summary(summary, SUMMARY_NEEDS), "eval": read_evaluation(result, EVALUATION_NEEDS)}
     return {**row, "run": str(run_dir), "name": run_dir.name, "eval_name": eval_name}
 
 
@@ -139,6 +139,13 @@ def gap_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def search_name(result: dict) -> str:
+    """greedy, beam5, …: what an evaluation record says it decoded with ("?" where it says nothing readable)."""
+    decoding = result.get("decoding")
+    search = decoding.get("search") if isinstance(decoding, dict) else None
+    return search[:20] if isinstance(search, str) else "?"
+
+
 def _score(result: dict, key: str) -> str:
     """A score of an evaluation, "–" where it lacks it (chrF++ and TER: evaluations written before they were)."""
     return "–" if result.get(key) is None else f"{result[key]:.2f}"
@@ -159,7 +166,7 @@ def markdown(rows: list[dict]) -> str:
         )
     lines = [
         f"# Comparison: {first['src_lang']}→{first['tgt_lang']}, {first['name']} ({first['sentences']} sentences), "
-        f"{first['decoding']['search']} decoding",
+        f"{search_name(first)} decoding",
         "",
         markdown_table(header, table, align="ll" + "r" * 9),
     ]
@@ -264,7 +271,7 @@ def write_reports(run_dirs: list[Path], out: Path, eval_name: str = "test") -> P
 def job_order(run_dir: Path) -> tuple[int, str]:
     """A sweep's runs in the order Hydra launched them (its job number), then by name."""
     hydra = run_dir / ".hydra" / "hydra.yaml"
-    number = yaml.safe_load(hydra.read_text())["hydra"]["job"].get("num") if hydra.exists() else None
+    number = (read_yaml(hydra).get("hydra") or {}).get("job", {}).get("num") if hydra.exists() else None
     return (number if isinstance(number, int) else 1 << 30, run_dir.name)
 
 

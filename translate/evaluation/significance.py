@@ -27,9 +27,10 @@ import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
+from translate.evaluation.records import read_evaluation
 from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
-from translate.runtime.files import read_small, refuse_link, write_text
+from translate.runtime.files import refuse_link, write_text
 
 # the measures compared: the key in significance.json (and in the evaluation's JSON), its label, its metric
 MEASURES = {
@@ -77,10 +78,7 @@ def load_evaluated(run_dir: Path, eval_name: str = "test") -> EvaluatedRun:
     again = f"evaluate it again (make eval RUN={run_dir})"
     if not json_path.is_file():
         raise UserError(f"{run_dir}: no eval/{eval_name}.json; evaluate it first (make eval RUN={run_dir})")
-    try:
-        result = json.loads(read_small(json_path))
-    except (ValueError, RecursionError) as e:
-        raise UserError(f"{run_dir}: eval/{eval_name}.json is not JSON ({e}); {again}") from None
+    result = read_evaluation(json_path)  # its values checked (evaluation/records.py)
     if not hyp_path.is_file():
         raise UserError(f"{run_dir}: no eval/{eval_name}.hyp (its hypotheses); {again}")
     if not ref_path.is_file():

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from translate.config.schema import TrainerConfig
 from translate.evaluation.plots import bleu_by_length_figure, bucket_label, plt
+from translate.evaluation.records import check_evaluation
 from translate.evaluation.tables import markdown_table
 from translate.runtime.errors import UserError
+from translate.runtime.files import read_json
 
+MAX_REPORT_BYTES = 4 << 20  # a comparison's report.json is about 20 KB
 DEFAULT_SEED = TrainerConfig.seed  # reports from before the summary named its seed were trained with it
 
 
@@ -27,7 +30,11 @@ def load_reports(paths: list[Path]) -> dict[int, list[dict]]:
         path = path / "report.json" if path.is_dir() else path
         if not path.exists():
             raise UserError(f"{path}: no such report; give a comparison's report.json or its directory")
-        rows = json.loads(path.read_text())
+        rows = read_json(path, MAX_REPORT_BYTES)
+        if not (isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("model"), str) for r in rows)):
+            raise UserError(f"{path}: not a comparison's report.json (a list of rows); give one make compare wrote")
+        for i, row in enumerate(rows):
+            check_evaluation(row.get("eval"), path, ("bleu", "chrf", "bleu_by_length"), f"[{i}].eval.")
         seeds = {r.get("seed", DEFAULT_SEED) for r in rows}
         if len(seeds) != 1:
             raise UserError(f"{path}: a report of seeds {sorted(seeds)}; give one report per seed")

@@ -19,6 +19,7 @@ naming it.  Writing goes to a temporary file, fsynced, renamed over the old one,
 a crash or a full disk at any point leaves the previous checkpoint or the new one, never half of one.
 """
 
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +31,8 @@ from translate.runtime.errors import UserError
 from translate.runtime.files import atomic_write, fsync_directory, refuse_link, why_writing_failed
 
 FORMAT = 2
+MAX_COUNT = 10**15  # a TrainState's counters (steps, tokens, seconds) stay far below this
+REWRITE = "not a checkpoint this program writes; use another of the run's checkpoints or train again"
 # weights_only=True has known bypasses below this (CVE-2025-32434 below 2.6, a later advisory below 2.10)
 SAFE_TORCH = (2, 10)
 
@@ -62,11 +65,27 @@ class TrainState:
         return improved
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "TrainState":
+    def from_checkpoint(cls, ckpt: dict, path: str | Path = "checkpoint") -> "TrainState":
+        """The checkpoint's TrainState, each field checked: a whole number or a finite one in its range (a count of
+        any type or size would end in reports, the server's answers and arithmetic), the RNG states a mapping."""
         saved = ckpt.get("train_state")
         if saved is None:  # format 1: the fields at the top level, the RNG states as torch_rng and python_rng
             saved = {**ckpt, "rng": {key: ckpt[key] for key in ("torch_rng", "python_rng") if key in ckpt}}
-        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: its train_state is a {type(saved).__name__}, not a mapping; {REWRITE}")
+        state = cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+        for f in fields(cls):
+            value = getattr(state, f.name)
+            if f.type is int:
+                ok, what = type(value) is int and 0 <= value <= MAX_COUNT, f"a whole number in 0..{MAX_COUNT:.0e}"
+            elif f.type is float:
+                ok = type(value) in (int, float) and math.isfinite(value) and -1 <= value <= MAX_COUNT
+                what = f"a finite number in -1..{MAX_COUNT:.0e}"
+            else:
+                ok, what = isinstance(value, dict), "a mapping"
+            if not ok:
+                raise CheckpointError(f"{path}: train_state.{f.name}={str(value)[:40]!r} is not {what}; {REWRITE}")
+        return state
 
 
 def inference_weights(ckpt: dict) -> dict:
@@ -128,7 +147,7 @@ def restore_training(
     scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    return TrainState.from_checkpoint(ckpt)
+    return TrainState.from_checkpoint(ckpt, path)
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
@@ -174,7 +193,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
             f"{path}: unreadable ({size:,} bytes: truncated, corrupt or not a PyTorch file; {type(e).__name__}); "
             + other
         ) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    if (
+        not isinstance(ckpt, dict)
+        or not isinstance(ckpt.get("model"), dict)
+        or not isinstance(ckpt.get("ema", {}), dict)
+    ):
         raise CheckpointError(f"{path}: a PyTorch file, not a checkpoint of this project (no model weights); {other}")
     if ckpt.get("format", 1) > FORMAT:
         raise CheckpointError(
@@ -202,7 +225,7 @@ def repair_best(run_dir: str | Path, state: TrainState) -> bool:
     best = run_dir / "best.pt"
     if state.best_step != state.step or state.best_bleu < 0:
         return False
-    if best.is_file() and TrainState.from_checkpoint(load_checkpoint(best, mmap=True)).step == state.step:
+    if best.is_file() and TrainState.from_checkpoint(load_checkpoint(best, mmap=True), best).step == state.step:
         return False
     link_checkpoint(run_dir / "last.pt", best)
     return True

@@ -5,6 +5,8 @@ A run directory may come from someone else, so nothing is written through a symb
 (eval/, tensorboard/, ct2/).  Renaming over a path never writes into what a link there points to.
 """
 
+import json
+import math
 import os
 import resource
 import shutil
@@ -45,6 +47,7 @@ def subdirectory(parent: str | Path, name: str) -> Path:
 
 RUN_SUBDIRECTORIES = ("eval", "tensorboard", ".hydra")
 MAX_SMALL_FILE = 16 << 20  # a run's JSON and YAML files are kilobytes
+MAX_CONFIG_FILE = 1 << 20  # a run's config.yaml is about 5 KB
 
 
 def refuse_planted_links(run_dir: str | Path) -> None:
@@ -69,15 +72,46 @@ def read_small(path: str | Path, limit: int = MAX_SMALL_FILE) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def read_yaml(path: str | Path) -> dict:
-    """A run's YAML file (config.yaml) as plain data: yaml.safe_load, no tags, no interpolation."""
+def read_yaml(path: str | Path, limit: int = MAX_CONFIG_FILE) -> dict:
+    """A run's YAML file (config.yaml, .hydra/*.yaml) as plain data: a safe loader (no tags), no interpolation,
+    at most `limit` bytes, and no aliases (`*name`): this program writes none, and a few hundred bytes of them can
+    expand to millions of values."""
     import yaml
 
+    text = read_small(path, limit)
+    # libyaml: linear in the text, its nesting bounded; PyYAML's own parser takes 37 s on 20 KB of `[`
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.safe_load(read_small(path))
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+            raise UnsafePath(
+                f"{path}: holds a YAML alias (*name), which this program never writes; remove or replace it"
+            )
+        data = yaml.load(text, Loader=loader)  # a safe loader: no tags that build objects
     except yaml.YAMLError as e:
         raise UnsafePath(f"{path}: not YAML ({str(e).splitlines()[0]}); remove or replace it") from None
+    except RecursionError:
+        raise UnsafePath(f"{path}: nested too deep to be a config of this program; remove or replace it") from None
     return data if isinstance(data, dict) else {}
+
+
+def read_json(path: str | Path, limit: int = MAX_SMALL_FILE):
+    """A run's JSON file as plain data, at most `limit` bytes: every number finite (no NaN, Infinity or 1e999, which
+    Python's json reads as floats that no JSON answer can carry), nesting and integers as json bounds them."""
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text[:20]} is not finite")
+        return value
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        return json.loads(read_small(path, limit), parse_float=finite, parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; so is an integer of 5,000 digits
+        raise UnsafePath(f"{path}: not JSON this program writes ({str(e).splitlines()[0][:120]}); remove it or "
+                         "write it again (make eval)") from None  # fmt: skip
 
 
 def fsync_directory(directory: Path) -> None:

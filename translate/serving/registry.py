@@ -4,16 +4,15 @@ models = load_models(["runs/compare/…/rnn_seed1234", …], checkpoint="best", 
 models["rnn_seed1234"].model, .tokenizer, .describe()
 """
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from translate.decoding.inference import load_run
+from translate.evaluation.records import read_evaluation
 from translate.models import count_parameters
 from translate.runtime.checkpoints import TrainState
 from translate.runtime.errors import UserError
-from translate.runtime.files import read_small
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +49,10 @@ class ServedModel:
 
 
 def evaluated_bleu(run_dir: Path) -> float | None:
-    """Test BLEU from the run's eval/test.json, if it was evaluated (a number, else None)."""
+    """Test BLEU from the run's eval/test.json if it was evaluated, else None; a record this program would not
+    write (evaluation/records.py) refuses the run, in one line, before anything is served."""
     path = run_dir / "eval" / "test.json"
-    try:
-        bleu = json.loads(read_small(path)).get("bleu") if path.is_file() else None
-    except (ValueError, AttributeError, UserError):
-        return None
-    return float(bleu) if isinstance(bleu, (int, float)) and not isinstance(bleu, bool) else None
+    return float(read_evaluation(path)["bleu"]) if path.exists() or path.is_symlink() else None
 
 
 def unique_names(run_dirs: list[Path]) -> list[str]:
@@ -89,10 +85,7 @@ def comparison_report(models: dict[str, ServedModel]) -> dict | None:
     runs = list(models.values())
     if len(runs) < 2 or len({served.run_dir.resolve().parent for served in runs}) != 1:
         return None
-    try:
-        rows = [load_run_results(served.run_dir) for served in runs]
-    except UserError:
-        return None
+    rows = [load_run_results(served.run_dir) for served in runs]  # a bad record refuses the run (records.py)
     if any(row is None for row in rows):
         return None
     report = []

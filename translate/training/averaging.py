@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from translate.config.stored import check_weights, stored_config
 from translate.runtime.checkpoints import (
     CheckpointError,
     inference_weights,
@@ -21,6 +22,7 @@ from translate.runtime.checkpoints import (
     save_checkpoint,
 )
 from translate.runtime.errors import ConfigError
+from translate.runtime.files import refuse_link
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +30,25 @@ log = logging.getLogger(__name__)
 def average_checkpoints(paths: list[Path]) -> dict:
     """The last checkpoint of `paths` with its model weights replaced by their mean over all of `paths`.
 
-    Floating-point tensors are summed in float64 and cast back; other tensors come from the last.
+    Floating-point tensors are summed in float64 and cast back; other tensors come from the last.  Each file is
+    read only if it is a plain file (a link planted among a run's checkpoints is refused), and its weights only
+    once every tensor has the name and shape the first checkpoint's config describes (checked on the meta
+    device) and the first checkpoint's dtype: nothing is added that could broadcast or mix in another model.
     """
     total: dict[str, torch.Tensor] = {}
+    first: dict[str, torch.dtype] = {}
     for path in paths:
+        refuse_link(path, "checkpoint")
         ckpt = load_checkpoint(path)
         weights = inference_weights(ckpt)
-        if total and weights.keys() != total.keys():
+        if not first:
+            cfg = stored_config(ckpt.get("config"), path)
+            vocab_size, first = ckpt.get("vocab_size"), {name: t.dtype for name, t in weights.items()}
+        check_weights(cfg.model, vocab_size, weights, path)
+        other = next((name for name, t in weights.items() if t.dtype != first[name]), None)
+        if other is not None:
             raise CheckpointError(
-                f"{path}: its parameters differ from those of {paths[0]}; average checkpoints of one run"
+                f"{path}: {other} is {weights[other].dtype}, in {paths[0]} {first[other]}; average one run's"
             )
         for name, tensor in weights.items():
             if tensor.is_floating_point():
