@@ -268,3 +268,20 @@ def test_fuzz_the_stored_config_reader_returns_a_config_or_refuses_in_one_line(s
         assert all(math.isfinite(v) for v in (cfg.trainer.lr, cfg.model.dropout))
     assert time.perf_counter() - start < 1.0
     assert peak_kib() - before < 200 * 1024
+
+
+def test_resuming_optimizer_moments_of_another_shape_is_refused_before_a_step(tmp_path):
+    from translate.runtime.checkpoints import restore_training
+
+    def parts():
+        model = build_model(OmegaConf.structured(TINY), 40)
+        optimizer = torch.optim.Adam(model.parameters())
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model, optimizer, scheduler = parts()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    ckpt["optimizer"]["state"][0]["exp_avg"] = torch.zeros(1, 30_000)
+    refused_fast(lambda: restore_training(ckpt, *parts(), path="last.pt"), CheckpointError, "exp_avg has shape")

@@ -46,7 +46,7 @@ class CT2Model:
     def __init__(self, directory: str | Path, device: str = "cpu", threads: int = 0):
         ctranslate2 = import_ctranslate2()
         self.directory = Path(directory)
-        self.metadata = json.loads((self.directory / METADATA).read_text(encoding="utf-8"))
+        self.metadata = export_metadata(self.directory)
         self.tokenizer = Tokenizer(self.directory / TOKENIZER)
         self.max_positions: int = self.metadata["max_positions"]
         self.pieces = self.tokenizer.id_to_piece(list(range(len(self.tokenizer))))
@@ -115,7 +115,8 @@ class CT2Model:
         return [h for nbest in results for h in nbest]
 
 
-METADATA_FIELDS = {"checkpoint": str, "checkpoint_mtime_ns": int, "step": int}
+METADATA_FIELDS = {"checkpoint": str, "checkpoint_mtime_ns": int, "step": int, "max_positions": int}
+MAX_POSITIONS = 1 << 16  # the source limit an export may state (ours: 1,023)
 
 
 def export_metadata(directory: Path) -> dict:
@@ -124,7 +125,8 @@ def export_metadata(directory: Path) -> dict:
         metadata = json.loads(read_small(directory / METADATA))
     except (ValueError, RecursionError):
         metadata = None
-    if not isinstance(metadata, dict) or any(not isinstance(metadata.get(k), t) for k, t in METADATA_FIELDS.items()):
+    fields_ok = isinstance(metadata, dict) and all(isinstance(metadata.get(k), t) for k, t in METADATA_FIELDS.items())
+    if not fields_ok or not 0 < metadata["max_positions"] <= MAX_POSITIONS:
         raise UserError(
             f"{directory / METADATA}: not the metadata make export writes; export again (make export) or remove it"
         )

@@ -136,6 +136,7 @@ def restore_training(
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        check_optimizer_state(optimizer)
         if ema is not None and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
     except (RuntimeError, ValueError) as e:
@@ -148,6 +149,18 @@ def restore_training(
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     return TrainState.from_checkpoint(ckpt, path)
+
+
+def check_optimizer_state(optimizer) -> None:
+    """Refuse optimizer state whose tensors are not shaped like their parameters: torch's load_state_dict does not
+    compare them, and Adam's first step would broadcast a (1, N) moment with an (N, 1) one into N² numbers."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"optimizer state {key} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}"
+                    )
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
