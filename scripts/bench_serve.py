@@ -101,7 +101,7 @@ async def one_client(port: int, name: str, texts: list[str], part: list[int], re
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for i in part:
         body = json.dumps({"texts": [texts[i]], "model": name}).encode()
-        head = "POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = "POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         started = time.perf_counter()
         writer.write(head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         status_line, *headers = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")

@@ -132,7 +132,7 @@ def test_the_server_splits_by_its_setting_or_the_request_and_never_with_attentio
     for default in (True, False):
         batcher = Batcher(served, decoding, max_queue=8, batch_tokens=4000, max_wait=0)
         app = create_app(served, batcher, Options(1, 1, 0.6, split_sentences=default))
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the server answers
 
             def texts(**body):
                 response = client.post("/v1/translate", json={"texts": [TWO], **body})

@@ -9,96 +9,21 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from conftest import compose_train
 from omegaconf import OmegaConf
+from serving_fixtures import FAMILIES, Server, trained_sweep  # noqa: F401 (the fixture `sweep`)
 
 from translate.config.schema import EvalConfig
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import load_run, translate_full
-from translate.evaluation.evaluator import evaluate
-from translate.training.run import train
 
 pytestmark = pytest.mark.slow  # trains three models, starts servers
 
-ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("rnn", "rnn_attention", "transformer")
-STEPS = ["trainer.max_steps=40", "trainer.valid_every=40", "trainer.batch_tokens=1500", "trainer.warmup_steps=10"]
 GERMAN = "Ein Mann mit einem roten Hut fährt mit dem Fahrrad über eine Brücke."
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, multi30k_dir) -> Path:
-    """Three runs side by side, trained and evaluated, as one `make compare` leaves them."""
-    root = tmp_path_factory.mktemp("sweep")
-    cache = root.parent / "tokenizers"
-    small = {
-        "rnn": ["model=rnn", "model.emb_dim=32", "model.hidden_dim=48"],
-        "rnn_attention": ["model=rnn_attention", "model.emb_dim=32", "model.hidden_dim=48", "model.attention_dim=32"],
-        "transformer": ["model=transformer", "model.d_model=32", "model.heads=2", "model.ff_dim=64"]
-        + ["model.enc_layers=2", "model.dec_layers=2"],
-    }
-    data = ["trainer.precision=fp32", "data.train_limit=1500", "data.valid_limit=20", "data.test_limit=20"]
-    data += ["data.tokenizer.vocab_size=600", f"data.tokenizer.cache_dir={cache}"]
-    for family in FAMILIES:
-        run = root / family
-        train(compose_train([*data, *small[family], *STEPS]), run)
-        evaluate(run, OmegaConf.structured(EvalConfig(probe_per_k=2)))
-    return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m translate.serve` as a process; stopped (SIGTERM) when the test ends."""
-
-    def __init__(self, runs: list[Path], *overrides: str):
-        self.port = free_port()
-        runs_list = ",".join(f"'{r}'" for r in runs)
-        command = [sys.executable, "-m", "translate.serve", f"runs=[{runs_list}]", f"port={self.port}", *overrides]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server ended: {self.process.stdout.read()}")
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start in 120 s")
-
-    def request(self, method: str, path: str, body=None, headers=None, timeout=60):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-        response = connection.getresponse()
-        payload = response.read()
-        connection.close()
-        kind = response.getheader("Content-Type", "")
-        return response.status, json.loads(payload) if "json" in kind else payload, dict(response.getheaders())
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def post(self, body, **kw):
-        return self.request("POST", "/v1/translate", body, **kw)
-
-    def stop(self, timeout=60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +123,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
     assert status == 413 and "max_body_bytes" in payload["error"]
     # chunked: no Content-Length to go by
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        s.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
         s.sendall(b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"x" * (256 << 10)
         try:
@@ -247,7 +172,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_gone_client_keeps_no_sl
             # a client that queues and goes away: its slot is freed
             gone = socket.create_connection(("127.0.0.1", server.port))
             body = json.dumps(long_request(family)).encode()
-            gone.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            gone.sendall(b"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
             gone.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             assert until(lambda: server.get("/healthz")[1]["queue"] == 1)
             status, payload, headers = server.post({"texts": ["Ein Hund."], "model": family})

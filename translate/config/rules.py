@@ -116,6 +116,10 @@ RULES: dict[str, Rule] = {
     **{k: POSITIVE for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "max_queue", "batch_tokens")},
     "port": (lambda v: 0 < v < 65536, "must be a TCP port, 1-65535"),
     "max_wait_ms": NON_NEGATIVE,
+    "max_connections": between(0, 1 << 20),  # 0: derived from the file-descriptor limit
+    **{k: between(1, 1 << 20) for k in ("limit_concurrency", "max_header_kb", "max_answer_kb")},
+    **{k: (lambda v: 0 < v <= 3600, "must be in (0, 3600] seconds") for k in ("header_timeout_s", "body_timeout_s")},
+    **{k: (lambda v: 0 < v <= 3600, "must be in (0, 3600] seconds") for k in ("write_timeout_s", "graceful_timeout_s")},
     # translate and export (decoding/ct2_export.py): the engine, and CTranslate2's weight types
     "engine": one_of("torch", "ct2"),
     "quantization": one_of(
@@ -126,6 +130,9 @@ DEFAULTS = OmegaConf.structured(TrainConfig)
 OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization, "out": AverageConfig.out}
 OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "port")}
 OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_queue", "batch_tokens", "max_wait_ms")}
+OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_connections", "limit_concurrency", "max_header_kb")}
+OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_answer_kb", "header_timeout_s", "body_timeout_s")}
+OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("write_timeout_s", "graceful_timeout_s")}
 ABSENT = object()
 
 

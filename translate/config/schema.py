@@ -238,6 +238,16 @@ class ServeConfig:
     max_queue: int = 256  # requests waiting; more get 503 with Retry-After
     batch_tokens: int = 4000  # source tokens × beam a batch of requests may hold
     max_wait_ms: float = 5.0  # how long the worker waits for requests to join a batch
+    # the server's bounds (docs/security.md, "The server's bounds"; each answered in JSON)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides the bound address's
+    max_connections: int = 0  # open connections, more closed at once (503); 0: from RLIMIT_NOFILE, at most 1024
+    limit_concurrency: int = 512  # connections or requests at once, more answered 503 (uvicorn's limit_concurrency)
+    header_timeout_s: float = 10.0  # a request's headers complete within this, else 408 and the connection closed
+    max_header_kb: int = 64  # a request's headers, else 431 and the connection closed
+    body_timeout_s: float = 30.0  # a request's whole body within this of its headers, else 408 and closed
+    write_timeout_s: float = 30.0  # a client that takes nothing of its answer this long is cut off
+    graceful_timeout_s: float = 20.0  # SIGTERM: how long queued requests may wait, then 503; a batch begun is answered
+    max_answer_kb: int = 32768  # one answer's JSON (attention maps), bounded before decoding, else 413
 
 
 @dataclass

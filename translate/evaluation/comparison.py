@@ -73,7 +73,7 @@ def _probe_texts(row: dict) -> tuple[list[str], list[str], list[str]] | None:
     """The probe's sources, references and this run's hypotheses, as evaluation wrote them."""
     name = _eval_name(row)
     paths = [Path(row["run"]) / "eval" / f"{name}_probe.{s}" for s in ("src", "ref", "hyp")]
-    return tuple(read_small(p, 1 << 30).splitlines() for p in paths) if all(p.exists() for p in paths) else None
+    return tuple(read_small(p, 64 << 20).splitlines() for p in paths) if all(p.exists() for p in paths) else None
 
 
 def probe_lead_growth(row: dict, baseline: dict) -> dict | None:

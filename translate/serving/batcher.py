@@ -12,6 +12,9 @@ until `batch_tokens` (estimated source tokens × beam) or, while clients send co
 several requests), `max_wait` seconds have passed; a lone client pays no wait.  It decodes them as one call of
 the inference API (`translate_full`; search sorts and batches them by length again).  A
 request whose client went away is cancelled: it leaves the queue at once, or is dropped from its batch.
+A batch that fails is decoded again request by request, so that only the request that fails gets the error
+(DecodingFailed; its traceback goes to the log).  `attention_bytes` bounds, before decoding, the attention maps
+of a request's answer; `answer_bytes` measures an answer before its JSON is built.
 With `split_sentences` a text of several sentences is translated sentence by sentence, by the rules of the
 model's source language (its run's data.src_lang), the translations joined by a space.
 """
@@ -26,15 +29,27 @@ from types import SimpleNamespace
 
 import torch
 
-from translate.decoding.inference import Translation, translate_full
+from translate.data.batching import collate
+from translate.data.tokenizer import EOS
+from translate.decoding.inference import CHARS_PER_TOKEN, MAX_SOURCE_CHARS, Translation, translate_full
+from translate.decoding.search import source_limit
 
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN_GUESS = 4  # a subword piece is about this many characters: the budget's estimate
+BYTES_PER_WEIGHT = 8  # an attention weight in JSON, rounded to 4 places, and its separator: "0.1234, "
+BYTES_PER_ROW = 4  # a map row's brackets and separator
+BYTES_PER_PIECE = 70  # a piece (at most 16 characters of up to 4 bytes), quoted, and its separator
+BYTES_PER_CHAR = 4  # a character of a translation in UTF-8, at most
+BYTES_PER_ENTRY = 64  # an n-best entry's keys, score and punctuation, about
 
 
 class QueueFull(Exception):
     """max_queue requests are waiting: come back later (HTTP 503 with Retry-After)."""
+
+
+class DecodingFailed(Exception):
+    """This request's texts could not be translated, alone (HTTP 500; the cause is in the log)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future = field(init=False)
     cancelled: bool = False
+    started: bool = False  # in the batch being decoded: it will be answered
 
     def __post_init__(self):
         self.future = self.loop.create_future()
@@ -88,6 +104,7 @@ class Batcher:
         self.thread = threading.Thread(target=self.run, name="translate-batcher", daemon=True)
         self.batches = self.requests = 0  # decoded so far, for /healthz
         self.last_batch = 0  # requests in the last batch: more than one means clients are sending concurrently
+        self.maps = {name: attention_maps_per_text(served.model) for name, served in models.items()}
 
     def start(self) -> None:
         self.thread.start()
@@ -101,12 +118,16 @@ class Batcher:
             self.queue.append(job)
             self.changed.notify()
 
-    def cancel(self, job: Job) -> None:
-        """The client went away: free its place in the queue, or drop it from the batch being formed."""
+    def cancel(self, job: Job) -> bool:
+        """The client went away or the server stops: free the job's place in the queue, or drop it from the batch
+        being formed (True); False when it is being decoded already (its result comes)."""
         with self.changed:
+            if job.started:
+                return False
             job.cancelled = True
             if job in self.queue:
                 self.queue.remove(job)
+            return True
 
     def depth(self) -> int:
         return len(self.queue)
@@ -139,7 +160,10 @@ class Batcher:
                 if left <= 0 or self.stopping:
                     break
                 self.changed.wait(left)
-            return [job for job in batch if not job.cancelled]
+            batch = [job for job in batch if not job.cancelled]
+            for job in batch:
+                job.started = True
+            return batch
 
     def run(self) -> None:
         torch.set_grad_enabled(False)
@@ -148,6 +172,28 @@ class Batcher:
                 self.decode(batch)
 
     def decode(self, batch: list[Job]) -> None:
+        """Decode a batch and settle its jobs; if it fails, each job again alone, so that only the failing one fails."""
+        first = batch[0]
+        try:
+            results = self.translate(batch)
+        except Exception as e:  # a failed batch fails its requests, never the server
+            if len(batch) > 1:
+                what = f"{type(e).__name__}: {e}"
+                log.warning("a batch of %d requests for %s failed (%s); each alone", len(batch), first.model, what)
+                for job in batch:
+                    self.decode([job])
+                return
+            log.error("a request of %d texts for %s failed", len(first.texts), first.model, exc_info=e)
+            first.settle(error=DecodingFailed(type(e).__name__))
+            return
+        start = 0
+        for job in batch:
+            job.settle(results[start : start + len(job.texts)])
+            start += len(job.texts)
+        self.batches, self.requests, self.last_batch = self.batches + 1, self.requests + len(batch), len(batch)
+
+    def translate(self, batch: list[Job]) -> list[Translation]:
+        """The translations of every text of the batch's jobs, in order, in one call of the inference API."""
         first = batch[0]
         served, options = self.models[first.model], first.options
         ec = SimpleNamespace(
@@ -158,17 +204,52 @@ class Batcher:
         )
         texts = [text for job in batch for text in job.texts]
         language = served.cfg.data.src_lang if options.split_sentences else None
-        try:
-            results: list[Translation] = translate_full(
-                served.model, served.tokenizer, texts, ec, attention=options.attention, language=language
-            )
-        except Exception as e:  # a failed batch fails its requests, never the server
-            log.warning("a batch of %d texts for %s failed: %s: %s", len(texts), first.model, type(e).__name__, e)
-            for job in batch:
-                job.settle(error=e)
-            return
-        start = 0
-        for job in batch:
-            job.settle(results[start : start + len(job.texts)])
-            start += len(job.texts)
-        self.batches, self.requests, self.last_batch = self.batches + 1, self.requests + len(batch), len(batch)
+        return translate_full(served.model, served.tokenizer, texts, ec, attention=options.attention, language=language)
+
+    def attention_bytes(self, job: Job) -> int:
+        """The most bytes the job's answer with attention can take: for each text, every map of the model
+        (attention_maps_per_text) with a row per target piece and a column per source piece, EOS included, and its
+        translations; the source as the model reads it (tokenized, cut to its limit), the target as long as search
+        lets it grow (max_len_ratio × source + max_len_offset, at most the model's max_positions).  Thread-safe:
+        call it off the event loop."""
+        served, maps = self.models[job.model], self.maps[job.model]
+        if not maps:
+            return 0
+        model = served.model
+        limit, most = source_limit(model), model.max_positions
+        chars = MAX_SOURCE_CHARS if limit is None else limit * CHARS_PER_TOKEN
+        ratio, offset = self.decoding.get("max_len_ratio", 2.0), self.decoding.get("max_len_offset", 10)
+        total = 0
+        for ids in served.tokenizer.encode([text[:chars] for text in job.texts]):
+            columns = (len(ids) if limit is None else min(len(ids), limit)) + 1
+            rows = int(columns * ratio) + offset
+            rows = (rows if most is None else min(rows, most)) + 1
+            total += maps * rows * (columns * BYTES_PER_WEIGHT + BYTES_PER_ROW) + (rows + columns) * BYTES_PER_PIECE
+            total += (job.options.n_best + 1) * (rows * BYTES_PER_PIECE + BYTES_PER_ENTRY)  # the text, its n-best
+        return total
+
+
+@torch.no_grad()
+def attention_maps_per_text(model) -> int:
+    """How many maps an answer with attention holds per text: the model's attention layers, each as the mean over
+    heads and, with several heads, each head (inference.attention_records); 0 for a model without attention."""
+    if not isinstance(model, torch.nn.Module) or not model.has_attention:
+        return 0
+    batch = collate([[EOS]], [[EOS]], [0]).to(next(model.parameters()).device)
+    layers = len(model.attention_maps(batch.src, batch.src_mask, batch.tgt_in, None))
+    heads = model.attention_heads
+    return layers * (1 + (heads if heads > 1 else 0))
+
+
+def answer_bytes(results: list[Translation]) -> int:
+    """About the size of an answer's JSON (a bound for its texts, the exact count of its attention weights), from
+    the translations before the JSON is built."""
+    total = 0
+    for result in results:
+        total += sum(len(text) * BYTES_PER_CHAR + BYTES_PER_ENTRY for text, _ in result.n_best)
+        total += len(result.text) * BYTES_PER_CHAR + BYTES_PER_ENTRY
+        record = result.attention or {}
+        rows, columns = len(record.get("target", [])), len(record.get("source", []))
+        total += len(record.get("maps", {})) * rows * (columns * BYTES_PER_WEIGHT + BYTES_PER_ROW)
+        total += (rows + columns) * BYTES_PER_PIECE
+    return total
