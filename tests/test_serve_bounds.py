@@ -1,4 +1,4 @@
-"""The server's bounds (issue #42, findings 5-10; docs/security.md, "The server's bounds"), each against a real
+"""The server's bounds (docs/security.md, "The server's bounds"), each against a real
 server process on 127.0.0.1: Host and Origin (DNS rebinding, cross-site requests), slow and half-open clients,
 the cap on connections, SIGTERM beside a trickling client, answers too large, a text that is not Unicode beside
 an honest one, the comparison's figure drawn once, one JSON error shape for every status; and the HTTP API
