@@ -242,6 +242,9 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
     reason="needs Debian's chromium and chromium-driver (apt install chromium chromium-driver; .ci/run does)",
 )
 def test_the_page_in_a_real_browser_shows_three_translations_and_drawn_attention(server, offline):
+    if CHROMIUM is None or DRIVER is None:  # CI=true: the browser test must run, so a missing browser fails it
+        missing = " and ".join(name for name, path in (("chromium", CHROMIUM), ("chromedriver", DRIVER)) if not path)
+        pytest.fail(f"CI=true but {missing} not found; apt install chromium chromium-driver", pytrace=False)
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
