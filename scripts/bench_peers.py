@@ -305,7 +305,8 @@ def markdown(report: dict) -> str:
         "",
         markdown_table(header, rows, align="lll" + "r" * 8 + "l"),
     ]
-    lines += ["", "Against the speed targets (training and decoding, each as a least ratio to JoeyNMT):", "", *verdicts(report), ""]
+    targets = "Against the speed targets (training and decoding, each as a least ratio to JoeyNMT):"
+    lines += ["", targets, "", *verdicts(report), ""]
     why = next(r["why"] for r in report["rows"] if r.get("why"))
     lines += [f"`trainer.precision=auto` chose {report['rows'][1]['precision']} here: {why}."]
     ours, peer = report["rows"][1], report["rows"][0]

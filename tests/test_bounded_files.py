@@ -1,7 +1,7 @@
-"""Small files that must not cost much (docs/security.md, "Bounds on files from others"): expansion bombs, sizes a stored config states,
-the checkpoints `make average` adds, values read back from a run.  Each is refused in one line, fast and without
-allocating; the stored-config reader is fuzzed with Hypothesis.  scripts/forged_inputs.py measures the same cases
-as processes, before and after."""
+"""Small files that must not cost much (docs/security.md, "Bounds on files from others"): expansion bombs, sizes a
+stored config states, the checkpoints `make average` adds, values read back from a run.  Each is refused in one
+line, fast and without allocating; the stored-config reader is fuzzed with Hypothesis.  scripts/forged_inputs.py
+measures the same cases as processes, before and after."""
 
 import json
 import math
