@@ -21,6 +21,7 @@ def test_no_tracker_numbers_in_code_configs_or_docs():
     found = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}"
         for path in tracked_text_files()
+        if path != Path(__file__).resolve()  # this file holds the examples the pattern is tested on
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
         if TRACKER.search(line)
     ]
