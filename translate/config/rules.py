@@ -51,6 +51,9 @@ BUCKETS: Rule = (
 MAX_SYNTHETIC_WORDS = 20_000_000  # words of one synthetic split (size × max_len); the default train split: 3 M
 
 
+SECONDS: Rule = (lambda v: 0 < v <= 3600, "must be in (0, 3600] seconds")
+
+
 def between(low, high) -> Rule:
     return (lambda v: low <= v <= high, f"must be in {low:,}..{high:,}")
 
@@ -110,7 +113,7 @@ RULES: dict[str, Rule] = {
     "eval.max_len_offset": between(0, 10_000),
     "eval.probe_k": between(0, 50),
     "eval.probe_per_k": between(0, 10**6),
-    **{f"eval.{k}": NON_NEGATIVE for k in ("length_penalty",)},
+    "eval.length_penalty": NON_NEGATIVE,
     **dict.fromkeys(["eval.length_buckets", "eval.probe_length_buckets"], BUCKETS),
     # serve
     **{k: POSITIVE for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "max_queue", "batch_tokens")},
@@ -118,8 +121,7 @@ RULES: dict[str, Rule] = {
     "max_wait_ms": NON_NEGATIVE,
     "max_connections": between(0, 1 << 20),  # 0: derived from the file-descriptor limit
     **{k: between(1, 1 << 20) for k in ("limit_concurrency", "max_header_kb", "max_answer_kb")},
-    **{k: (lambda v: 0 < v <= 3600, "must be in (0, 3600] seconds") for k in ("header_timeout_s", "body_timeout_s")},
-    **{k: (lambda v: 0 < v <= 3600, "must be in (0, 3600] seconds") for k in ("write_timeout_s", "graceful_timeout_s")},
+    **dict.fromkeys(["header_timeout_s", "body_timeout_s", "write_timeout_s", "graceful_timeout_s"], SECONDS),
     # translate and export (decoding/ct2_export.py): the engine, and CTranslate2's weight types
     "engine": one_of("torch", "ct2"),
     "quantization": one_of(
@@ -128,11 +130,7 @@ RULES: dict[str, Rule] = {
 }
 DEFAULTS = OmegaConf.structured(TrainConfig)
 OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization, "out": AverageConfig.out}
-OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_texts", "max_chars", "max_body_kb", "max_beam", "port")}
-OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_queue", "batch_tokens", "max_wait_ms")}
-OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_connections", "limit_concurrency", "max_header_kb")}
-OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("max_answer_kb", "header_timeout_s", "body_timeout_s")}
-OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in ("write_timeout_s", "graceful_timeout_s")}
+OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in RULES if hasattr(ServeConfig, k)}  # the server's settings
 ABSENT = object()
 
 

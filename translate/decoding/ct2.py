@@ -5,7 +5,6 @@ search (translate/decoding/search.py): the source cut at the model's position li
 tokens (EOS included) + offset, greedy for beam_size 1, else beam search ranked by the GNMT length penalty.
 """
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +22,7 @@ from translate.decoding.ct2_export import (
 from translate.decoding.search import Hypothesis, check_n_best, gnmt_length_penalty, max_output_lengths, source_limit
 from translate.runtime.checkpoints import find_checkpoint
 from translate.runtime.errors import ConfigError, UserError
-from translate.runtime.files import read_small, refuse_link
+from translate.runtime.files import read_json, refuse_link
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +120,7 @@ MAX_POSITIONS = 1 << 16  # the source limit an export may state (ours: 1,023)
 
 def export_metadata(directory: Path) -> dict:
     """An export's metadata, checked: a run directory's files are data (docs/security.md)."""
-    try:
-        metadata = json.loads(read_small(directory / METADATA))
-    except (ValueError, RecursionError):
-        metadata = None
+    metadata = read_json(directory / METADATA)
     fields_ok = isinstance(metadata, dict) and all(isinstance(metadata.get(k), t) for k, t in METADATA_FIELDS.items())
     if not fields_ok or not 0 < metadata["max_positions"] <= MAX_POSITIONS:
         raise UserError(

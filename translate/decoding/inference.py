@@ -108,16 +108,18 @@ class Translation:
     attention: dict | None = None  # attention_record(): source and target pieces, maps by layer and head
 
 
-def encode_sources(model, tokenizer: Tokenizer, texts: list[str], names: list[str] | None = None) -> list[list[int]]:
+def encode_sources(
+    model, tokenizer: Tokenizer, texts: list[str], names: list[str] | None = None, warn: bool = True
+) -> list[list[int]]:
     """Token ids of each text, cut to what the model can read, with a warning naming each cut text (`names[i]`,
-    default `sentence <i + 1>`): first to `CHARS_PER_TOKEN` characters per token of the model's limit (so the
-    tokenizer never sees megabytes), then to the limit in tokens (search cuts there)."""
+    default `sentence <i + 1>`; none with warn=False): first to `CHARS_PER_TOKEN` characters per token of the
+    model's limit (so the tokenizer never sees megabytes), then to the limit in tokens (search cuts there)."""
     limit = source_limit(model)
     chars = MAX_SOURCE_CHARS if limit is None else limit * CHARS_PER_TOKEN
     long = [len(text) > chars for text in texts]
     sources = tokenizer.encode([text[:chars] if cut else text for text, cut in zip(texts, long)])
     for i, ids in enumerate(sources):
-        if long[i] or (limit is not None and len(ids) > limit):
+        if warn and (long[i] or (limit is not None and len(ids) > limit)):
             name = names[i] if names else f"sentence {i + 1}"
             count = f"{len(texts[i])} characters, at least {len(ids)}" if long[i] else str(len(ids))
             if limit is None:

@@ -21,10 +21,9 @@ PERCENT = ("bleu", "chrf", "chrf_pp", "best_valid_bleu")  # sacreBLEU's scores a
 NON_NEGATIVE = ("ter", "loss", "ppl", "train_minutes", "valid_minutes", "tokens_per_s", "epochs")
 COUNTS = ("step", "steps", "sentences", "min_words", "max_words", "k_max", "per_k", "parameters")
 COUNTS += ("target_tokens", "skipped_steps", "seed")
-
-
 NAMES = ("model", "name", "src_lang", "tgt_lang", "precision", "device")  # short strings, shown in reports
 MAX_NAME = 200
+AGAIN = "a run's records are written by make train and make eval: write them again"
 
 
 class BadRecord(UserError):
@@ -41,9 +40,9 @@ def check_evaluation(record, path, needs: tuple[str, ...] = ("bleu",), prefix: s
     whole numbers, names short strings, buckets bounded."""
     if not isinstance(record, dict):
         raise BadRecord(f"{path}: {prefix or 'the record'} is a {type(record).__name__}, not a mapping; {AGAIN}")
-    missing = [key for key in needs if key not in record]
-    if missing or not is_number(record.get("bleu")):
-        raise BadRecord(f"{path}: no {prefix}{(missing or ['bleu'])[0]}; {AGAIN}")
+    require(record, (*needs, "bleu"), path, prefix)
+    if not is_number(record["bleu"]):
+        raise BadRecord(f"{path}: {prefix}bleu is not a number; {AGAIN}")
     check_values(record, path, prefix)
     check_buckets(record.get("bleu_by_length", []), path, f"{prefix}bleu_by_length")
     if record.get("probe") is not None:
@@ -54,14 +53,15 @@ def check_evaluation(record, path, needs: tuple[str, ...] = ("bleu",), prefix: s
 def read_summary(path: str | Path, needs: tuple[str, ...] = ()) -> dict:
     """train_summary.json of a run, checked: the keys the caller `needs` present, its values in range."""
     record = read_record(path)
-    missing = [key for key in needs if key not in record]
-    if missing:
-        raise BadRecord(f"{path}: no {missing[0]}; {AGAIN}")
+    require(record, needs, path)
     check_values(record, path)
     return record
 
 
-AGAIN = "a run's records are written by make train and make eval: write them again"
+def require(record: dict, needs: tuple[str, ...], path, prefix: str = "") -> None:
+    missing = [key for key in needs if key not in record]
+    if missing:
+        raise BadRecord(f"{path}: no {prefix}{missing[0]}; {AGAIN}")
 
 
 def read_record(path: str | Path) -> dict:

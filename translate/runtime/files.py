@@ -111,7 +111,7 @@ def read_json(path: str | Path, limit: int = MAX_SMALL_FILE):
         return json.loads(read_small(path, limit), parse_float=finite, parse_constant=no_constant)
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; so is an integer of 5,000 digits
         raise UnsafePath(f"{path}: not JSON this program writes ({str(e).splitlines()[0][:120]}); remove it or "
-                         "write it again (make eval)") from None  # fmt: skip
+                         "write it again with the command that made it") from None  # fmt: skip
 
 
 def fsync_directory(directory: Path) -> None:

@@ -31,7 +31,7 @@ import torch
 
 from translate.data.batching import collate
 from translate.data.tokenizer import EOS
-from translate.decoding.inference import CHARS_PER_TOKEN, MAX_SOURCE_CHARS, Translation, translate_full
+from translate.decoding.inference import Translation, encode_sources, translate_full
 from translate.decoding.search import source_limit
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,9 @@ class Batcher:
             return 0
         model = served.model
         limit, most = source_limit(model), model.max_positions
-        chars = MAX_SOURCE_CHARS if limit is None else limit * CHARS_PER_TOKEN
         ratio, offset = self.decoding.get("max_len_ratio", 2.0), self.decoding.get("max_len_offset", 10)
         total = 0
-        for ids in served.tokenizer.encode([text[:chars] for text in job.texts]):
+        for ids in encode_sources(model, served.tokenizer, job.texts, warn=False):  # decoding warns of cuts
             columns = (len(ids) if limit is None else min(len(ids), limit)) + 1
             rows = int(columns * ratio) + offset
             rows = (rows if most is None else min(rows, most)) + 1
