@@ -27,17 +27,9 @@ from translate.evaluation.metrics import corpus_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_trust import make_run  # noqa: E402  a tiny real run: tokenizer, best.pt, step_1.pt
+from test_trust import make_run, shared_lists  # noqa: E402  a tiny real run; a config that expands
 
 PY = sys.executable
-
-
-def shared_lists(width: int = 20, depth: int = 5) -> list:
-    """`width`**`depth` leaves in a few hundred bytes once pickled: every level is one list referenced `width` times."""
-    node: list = ["x"]
-    for _ in range(depth):
-        node = [node] * width
-    return node
 
 
 def memo_bomb(run: Path) -> list[str]:

@@ -6,7 +6,6 @@ measures the same cases as processes, before and after."""
 import json
 import math
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
-from test_trust import TINY, make_run, run_command
+from test_trust import TINY, make_run, run_command, shared_lists
 
 from translate.config.schema import TrainConfig
 from translate.config.stored import MAX_VALUES, stored_config
@@ -28,9 +27,6 @@ from translate.runtime.files import UnsafePath, read_json, read_yaml
 from translate.serving.registry import load_models
 from translate.training.averaging import average_run
 from translate.training.run import prepare_run_dir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from forged_inputs import shared_lists  # noqa: E402
 
 DEFAULT = OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=True)
 

@@ -61,7 +61,7 @@ def test_comparison_directory_names_every_changed_setting(overrides, sweep_dir):
 @pytest.mark.parametrize(
     ("overrides", "joining"),
     [
-        ([], (0.5, 5)),  # make train: long inputs (docs/results/README.md#long-inputs-and-the-default-recipe)
+        ([], (0.5, 5)),  # make train: long inputs (docs/results/long_inputs.md)
         (["trainer=gpu"], (0.5, 5)),
         (["+experiment=bottleneck"], (0.5, 5)),  # make compare, as its report says
         (["+experiment=attention_scorers"], (0.0, 5)),  # measured on the corpus's pairs alone

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from omegaconf import OmegaConf
-from serving_fixtures import FAMILIES, Server, trained_sweep  # noqa: F401 (the fixture `sweep`)
+from serving_fixtures import FAMILIES, Server, trained_sweep, until  # noqa: F401 (the fixture `sweep`)
 
 from translate.config.schema import EvalConfig
 from translate.data.corpus import SHARED_MULTI30K, read_lines
@@ -132,16 +132,6 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
         except OSError:
             pass
         assert s.recv(200).startswith(b"HTTP/1.1 413")
-
-
-def until(condition, seconds: float = 20.0) -> bool:
-    """Poll `condition` until it holds (True) or `seconds` pass (False)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def long_request(family="transformer"):

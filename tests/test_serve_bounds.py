@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-from serving_fixtures import Server, trained_sweep  # noqa: F401 (the fixture `sweep`)
+from serving_fixtures import Server, trained_sweep, until  # noqa: F401 (the fixture `sweep`)
 
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import Translation
@@ -174,16 +174,6 @@ def test_a_client_that_reads_nothing_of_its_answer_is_cut_off(server):
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-len")))
     assert len(content) < length  # the rest was never sent
     assert server.get("/healthz")[0] == 200
-
-
-def until(condition, seconds: float) -> bool:
-    """Poll `condition` until it holds (True) or `seconds` pass (False)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_a_cap_on_connections_keeps_file_descriptors_and_healthz(sweep):

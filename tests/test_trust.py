@@ -62,6 +62,14 @@ def make_run(run: Path, config_edit=None, weights_edit=None) -> Path:
     return run
 
 
+def shared_lists(width: int = 20, depth: int = 5) -> list:
+    """`width`**`depth` leaves in a few hundred bytes once pickled: every level is one list referenced `width` times."""
+    node: list = ["x"]
+    for _ in range(depth):
+        node = [node] * width
+    return node
+
+
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("good") / "run")
