@@ -46,6 +46,8 @@ override _strip = $(if $(2),$(call _strip,$(subst $(firstword $(2)),,$(1)),$(wor
 $(if $(and $(value VENV),$(if $(call _strip,$(value VENV),$(_plain)),,ok)),,$(error error: VENV=$(value VENV): not a plain path; give VENV=<letters, digits, / . _ - + , @>))
 
 override PY  := $(call sh,$(value VENV)/bin/python)
+# the project's commands (pyproject.toml's [project.scripts]): translate <command> [settings]
+override TRANSLATE := $(call sh,$(value VENV)/bin/translate)
 # the environment is a target: built when missing, rebuilt when pyproject.toml is newer than it
 override ENV := $(value VENV)/.installed
 # the command line's Hydra overrides, each one shell word. MAKEOVERRIDES writes a \ as \\, a space or tab as \<it>,
@@ -93,41 +95,41 @@ install:  ## (re)build the environment; TORCH=torch for your platform's default 
 	$(MAKE) --no-print-directory --always-make $(call sh,$(ENV))
 
 prepare: $(ENV)  ## make prepare [data=…]: tokenizer + memory-mapped token store of a corpus (training reuses both)
-	$(PY) -m translate.prepare $(HYDRA_ARGS)
+	$(TRANSLATE) prepare $(HYDRA_ARGS)
 
 # NPROC=N: torchrun, its gloo sockets on the loopback interface unless GLOO_SOCKET_IFNAME says otherwise
 train: $(ENV)  ## train the default model (Transformer, Multi30k de->en); any Hydra override; NPROC=N: N ranks (torchrun)
-	$(if $(value NPROC),TRANSLATE_LAUNCH_TIME=$$(date +%s) GLOO_SOCKET_IFNAME=$${GLOO_SOCKET_IFNAME:-lo} $(call sh,$(value VENV)/bin/torchrun) --standalone --nproc_per_node=$(call number,NPROC),$(PY)) \
-		-m translate.train $(HYDRA_ARGS)
+	$(if $(value NPROC),TRANSLATE_LAUNCH_TIME=$$(date +%s) GLOO_SOCKET_IFNAME=$${GLOO_SOCKET_IFNAME:-lo} $(call sh,$(value VENV)/bin/torchrun) --standalone --nproc_per_node=$(call number,NPROC) -m translate,$(TRANSLATE)) \
+		train $(HYDRA_ARGS)
 
 eval: $(ENV)  ## make eval RUN=<run dir> [eval.src=… eval.ref=…]: BLEU, chrF, chrF++, TER, BLEU by length
 	@test -n $(call sh,$(value RUN)) || { echo "usage: make eval RUN=<run dir> [eval.checkpoint=last] [eval.src=F eval.ref=F]"; exit 2; }
-	$(PY) -m translate.evaluate $(RUN_ARG) $(HYDRA_ARGS)
+	$(TRANSLATE) eval $(RUN_ARG) $(HYDRA_ARGS)
 
 translate: $(ENV)  ## make translate RUN=<run dir> [eval.beam_size=5] [attention=a.png] [engine=ct2] < in.txt > out.txt
 	@test -n $(call sh,$(value RUN)) || { echo "usage: make translate RUN=<run dir> [eval.beam_size=5] [attention=out.png] [engine=ct2 [quantization=int8]] < in.txt > out.txt" >&2; exit 2; }
-	@$(PY) -m translate.translate $(RUN_ARG) $(HYDRA_ARGS)
+	@$(TRANSLATE) translate $(RUN_ARG) $(HYDRA_ARGS)
 
 export: $(ENV)  ## make export RUN=<run dir> [quantization=int8] [checkpoint=last]: a Transformer as a CTranslate2 model, <run>/ct2[-<q>]/
 	@test -n $(call sh,$(value RUN)) || { echo "usage: make export RUN=<run dir> [quantization=int8|int8_float32|float16|none] [checkpoint=best|last|averaged]"; exit 2; }
-	$(PY) -m translate.export $(RUN_ARG) $(HYDRA_ARGS)
+	$(TRANSLATE) export $(RUN_ARG) $(HYDRA_ARGS)
 
 average: $(ENV)  ## make average RUN=<run dir> [last=5] [out=averaged]: mean weights of the newest numbered checkpoints
 	@test -n $(call sh,$(value RUN)) || { echo "usage: make average RUN=<run dir> [last=5] [out=averaged]"; exit 2; }
-	$(PY) -m translate.average $(RUN_ARG) $(HYDRA_ARGS)
+	$(TRANSLATE) average $(RUN_ARG) $(HYDRA_ARGS)
 
 compare: $(ENV)  ## the three models, same data and budget (configs/experiment/$(EXPERIMENT).yaml) + report; SEEDS=3: each with 3 seeds
-	$(PY) -m translate.train $(call sh,+experiment=$(call hydra,$(value EXPERIMENT))) $(HYDRA_ARGS) \
+	$(TRANSLATE) train $(call sh,+experiment=$(call hydra,$(value EXPERIMENT))) $(HYDRA_ARGS) \
 		$(if $(value SEEDS),"trainer.seed=$$(seq -s, 1234 $$((1233 + $(call number,SEEDS))))")
 
 report: $(ENV)  ## make report RUNS="<run dirs>" [OUT=dir] [EVAL=valid]: redraw the comparison from finished runs (RUNS: space-separated, no spaces in a dir)
 	@test -n $(call sh,$(strip $(value RUNS))) || { echo 'usage: make report RUNS="runs/a runs/b" [OUT=runs/report] (RUNS: space-separated, so a run dir cannot contain spaces)'; exit 2; }
-	$(PY) -m translate.report $(call sh,--out=$(value OUT)) $(if $(value EVAL),$(call sh,--eval=$(value EVAL))) -- $(RUN_DIRS)
+	$(TRANSLATE) report $(call sh,--out=$(value OUT)) $(if $(value EVAL),$(call sh,--eval=$(value EVAL))) -- $(RUN_DIRS)
 
 # OUT as given, else the command's own default (runs/significance), not the report's
 significance: $(ENV)  ## make significance RUNS="<baseline run> <runs>" [OUT=dir]: paired tests (sacreBLEU) of each run against the first
 	@test -n $(call sh,$(strip $(value RUNS))) || { echo 'usage: make significance RUNS="runs/a runs/b" [OUT=runs/significance] (RUNS: evaluated runs, the baseline first, space-separated)'; exit 2; }
-	$(PY) -m translate.significance $(if $(filter-out file,$(origin OUT)),$(call sh,--out=$(value OUT))) -- $(RUN_DIRS)
+	$(TRANSLATE) significance $(if $(filter-out file,$(origin OUT)),$(call sh,--out=$(value OUT))) -- $(RUN_DIRS)
 
 bench: $(ENV)  ## make bench [RUNS="<trained run dirs>"]: training tok/s, MFU, memory (+ decoding speed of RUNS) -> docs/bench/benchmark.{md,json}
 	$(PY) scripts/benchmark.py -- $(RUN_DIRS)
@@ -141,7 +143,7 @@ levers: $(ENV)  ## each speed lever on and off (docs/performance.md) -> docs/ben
 
 serve: $(ENV)  ## make serve RUN=<run> [RUNS="<run> …"] [HOST=…] [PORT=8000]: HTTP API and a page comparing translations and attention
 	@test -n $(call sh,$(strip $(value RUN) $(value RUNS))) || { echo 'usage: make serve RUN=<run dir> [RUNS="<run dir> …"] [HOST=127.0.0.1] [PORT=8000] [eval.beam_size=5]'; exit 2; }
-	$(PY) -m translate.serve $(if $(value RUN),$(RUN_ARG)) $(if $(strip $(value RUNS)),$(RUNS_ARG)) \
+	$(TRANSLATE) serve $(if $(value RUN),$(RUN_ARG)) $(if $(strip $(value RUNS)),$(RUNS_ARG)) \
 		$(call sh,host=$(call hydra,$(if $(filter command line,$(origin HOST)),$(value HOST),127.0.0.1))) \
 		port=$(if $(filter command line,$(origin PORT)),$(call number,PORT),8000) $(HYDRA_ARGS)
 

@@ -35,7 +35,7 @@ import sacrebleu
 import torch
 import yaml
 
-from translate.config.schema import train_config
+from translate.config.stored import run_config
 from translate.evaluation.tables import markdown_table
 from translate.runtime.allocator import INSTALL_HINT, find_tcmalloc, malloc_environment
 from translate.runtime.host import describe_host, host_line
@@ -205,7 +205,8 @@ def our_training(name: str, setting: str, args, tag: str) -> tuple[dict, Path]:
     command = [
         sys.executable,
         "-m",
-        "translate.train",
+        "translate",
+        "train",
         *setting.split(),
         *args.overrides,
         f"trainer.max_steps={args.updates}",
@@ -343,7 +344,7 @@ def main() -> None:
     }
     for name in args.models:
         ours, run = our_side(name, args)
-        cfg = train_config(run / "config.yaml")  # JoeyNMT gets the settings our side trained with
+        cfg = run_config(run)  # JoeyNMT gets the settings our side trained with
         data = joeynmt_data(cfg, run / "tokenizer.model", args.work, args.dev)
         peer = joeynmt_side(name, python, data, cfg, args)
         rows = [peer, ours]

@@ -33,7 +33,7 @@ def train(run_dir: Path, steps: int, ranks: int, threads: int, batch_tokens: int
     launcher = [sys.executable]
     if ranks > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-    command = [*launcher, "-m", "translate.train", *SETTINGS, f"trainer.max_steps={steps}"]
+    command = [*launcher, "-m", "translate", "train", *SETTINGS, f"trainer.max_steps={steps}"]
     command += [f"trainer.threads={threads}", f"trainer.batch_tokens={batch_tokens}", f"hydra.run.dir={run_dir}"]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", MEASURED, *command], cwd=ROOT, capture_output=True, text=True)

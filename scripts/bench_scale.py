@@ -4,9 +4,9 @@
 
 For each scale, with `data=files` on a directory holding the repeated training files (Multi30k's own validation
 and test sets):
-  * `python -m translate.prepare` with empty caches (tokenizer + token store): wall time, store size on disk;
+  * `translate prepare` with empty caches (tokenizer + token store): wall time, store size on disk;
   * the same again with the caches ready: wall time of a second start (process start and imports included);
-  * `python -m translate.train` for --steps updates of the default Transformer: peak RSS of the process
+  * `translate train` for --steps updates of the default Transformer: peak RSS of the process
     (VmHWM) and its peaks of anonymous memory (the process's own) and of file-backed memory (the mapped store
     and libraries, shared with other processes), and target tokens/s (the run's own count, validation excluded);
   * the same training on 2 data-parallel ranks × 1 thread (torchrun, gloo) at the smallest and largest scale:
@@ -123,7 +123,7 @@ def before(scale: int, steps: int, work: Path, revision: str) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     args = [f"data.dir={directory}", "data.valid_split=val", "data.test_split=test_2016_flickr"]
     args += [f"data.tokenizer.cache_dir={work / 'cache' / 'before' / 'tok'}", f"hydra.run.dir={run_dir}"]
-    command = [sys.executable, "-m", "translate.train", *args, *TRAIN, f"trainer.max_steps={steps}"]
+    command = [sys.executable, "-m", "translate", "train", *args, *TRAIN, f"trainer.max_steps={steps}"]
     train = measured(command, cwd=tree_dir)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -140,8 +140,8 @@ def bench(scale: int, steps: int, work: Path, ranks: int) -> dict:
     row = {"scale": scale, "pairs": 29_000 * scale}
     if ranks == 1:
         shutil.rmtree(work / "cache" / directory.name, ignore_errors=True)
-        cold = measured([sys.executable, "-m", "translate.prepare", *args])
-        warm = measured([sys.executable, "-m", "translate.prepare", *args])
+        cold = measured([sys.executable, "-m", "translate", "prepare", *args])
+        warm = measured([sys.executable, "-m", "translate", "prepare", *args])
         store = next((work / "cache" / directory.name / "stores").iterdir())
         row |= {
             "prepare_s": cold["wall_s"],
@@ -156,7 +156,7 @@ def bench(scale: int, steps: int, work: Path, ranks: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     settings = [*TRAIN, f"trainer.max_steps={steps}", f"hydra.run.dir={run_dir}"]
     settings += ["trainer.threads=1", "trainer.batch_tokens=2048"] if ranks > 1 else []
-    train = measured([*launcher, "-m", "translate.train", *args, *settings], ranks)
+    train = measured([*launcher, "-m", "translate", "train", *args, *settings], ranks)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     row |= {"ranks": ranks, "steps": summary["steps"], "tokens_per_s": summary["tokens_per_s"]}
     row |= {k: train[k] for k in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb", "peak_pss_sum_mb")}

@@ -4,7 +4,7 @@
 
 For each run: offline, the sentences translated as `make translate` does (one call of the inference API, batched
 by length; sentences/s, median of --repeats) and one at a time (the latency of one sentence decoded alone); then
-`python -m translate.serve` with every run loaded, its resident memory read from /proc, and for each number of
+`translate serve` with every run loaded, its resident memory read from /proc, and for each number of
 clients that many keep-alive connections (one asyncio loop: the load costs the shared cores little), each sending
 one sentence per request through
 the same sentences until each was sent --passes times: requests/s over the whole window and latency p50 / p99.
@@ -73,7 +73,7 @@ def free_port() -> int:
 
 def start_server(runs: list[Path], port: int) -> subprocess.Popen:
     listed = ",".join(f"'{r}'" for r in runs)
-    command = [sys.executable, "-m", "translate.serve", f"runs=[{listed}]", f"port={port}"]
+    command = [sys.executable, "-m", "translate", "serve", f"runs=[{listed}]", f"port={port}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:

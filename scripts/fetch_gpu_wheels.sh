@@ -54,7 +54,7 @@ done
 [ -f "$MULTI30K/README.md" ] && cp "$MULTI30K/README.md" .gpu/data/multi30k/
 
 echo "== its tokenizer and token store (make prepare) -> .gpu/cache/"
-TRANSLATE_DATA_DIR=$ROOT/.gpu/data/multi30k "$PY" -m translate.prepare \
+TRANSLATE_DATA_DIR=$ROOT/.gpu/data/multi30k "$PY" -m translate prepare \
   "data.tokenizer.cache_dir=$ROOT/.gpu/cache/tokenizers" >"$build/prepare.log" 2>&1 ||
   { cat "$build/prepare.log"; exit 1; }
 tail -n 3 "$build/prepare.log"

@@ -34,7 +34,7 @@ PY = sys.executable
 
 def memo_bomb(run: Path) -> list[str]:
     make_run(run, lambda c: c.update(x=shared_lists()))
-    return [PY, "-m", "translate.evaluate", f"run={run}"]
+    return [PY, "-m", "translate", "eval", f"run={run}"]
 
 
 def yaml_bomb(run: Path) -> list[str]:
@@ -43,7 +43,7 @@ def yaml_bomb(run: Path) -> list[str]:
     lines = [f"a0: &a0 [{', '.join(['x'] * 20)}]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 20)}]" for i in range(1, 5)]
     (run / "config.yaml").write_text("\n".join(lines) + "\n")
-    return [PY, "-m", "translate.train", f"hydra.run.dir={run}", "resume=auto", "trainer.max_steps=1"]
+    return [PY, "-m", "translate", "train", f"hydra.run.dir={run}", "resume=auto", "trainer.max_steps=1"]
 
 
 def synthetic_sizes(run: Path) -> list[str]:
@@ -52,7 +52,7 @@ def synthetic_sizes(run: Path) -> list[str]:
         c["data"]["synthetic"].update(symbols=2 * 10**9, min_len=10**8, max_len=10**8)
 
     make_run(run, edit)
-    return [PY, "-m", "translate.evaluate", f"run={run}"]
+    return [PY, "-m", "translate", "eval", f"run={run}"]
 
 
 def average_link(run: Path) -> list[str]:
@@ -60,7 +60,7 @@ def average_link(run: Path) -> list[str]:
     outside = run.parent / "outside.pt"
     (run / "step_1.pt").rename(outside)
     (run / "step_1.pt").symlink_to(outside)
-    return [PY, "-m", "translate.average", f"run={run}", "last=1"]
+    return [PY, "-m", "translate", "average", f"run={run}", "last=1"]
 
 
 def average_broadcast(run: Path) -> list[str]:
@@ -70,7 +70,7 @@ def average_broadcast(run: Path) -> list[str]:
         ckpt = torch.load(run / "best.pt", weights_only=True)
         ckpt["model"]["encoder_norm.weight"] = torch.zeros(shape)
         torch.save(ckpt, run / f"step_{step}.pt")
-    return [PY, "-m", "translate.average", f"run={run}", "last=2"]
+    return [PY, "-m", "translate", "average", f"run={run}", "last=2"]
 
 
 def step_not_a_number(run: Path) -> list[str]:
@@ -78,7 +78,7 @@ def step_not_a_number(run: Path) -> list[str]:
     ckpt = torch.load(run / "best.pt", weights_only=True)
     ckpt["train_state"] = {"step": "x" * 10_000_000}
     torch.save(ckpt, run / "best.pt")
-    return [PY, "-m", "translate.evaluate", f"run={run}", "eval.probe_k=0", *own_data(run)]
+    return [PY, "-m", "translate", "eval", f"run={run}", "eval.probe_k=0", *own_data(run)]
 
 
 def bleu_infinite(run: Path) -> list[str]:
@@ -99,7 +99,7 @@ def many_buckets(run: Path) -> list[str]:
     summary = {"model": "transformer", "seed": 1, "precision": "fp32", "parameters": 1, "steps": 1, "epochs": 1.0}
     summary |= {"train_minutes": 0.1, "valid_minutes": 0.0, "target_tokens": 1, "tokens_per_s": 1.0}
     (run / "train_summary.json").write_text(json.dumps(summary))
-    return [PY, "-m", "translate.report", f"--out={run.parent / 'report'}", "--", str(run)]
+    return [PY, "-m", "translate", "report", f"--out={run.parent / 'report'}", "--", str(run)]
 
 
 def own_data(run: Path) -> list[str]:

@@ -264,7 +264,7 @@ def peers() -> None:
     ours, run_dir = bp.our_side("transformer", args)
     append("peers", ours)
     print("  " + json.dumps(ours), flush=True)
-    cfg = bp.train_config(run_dir / "config.yaml")
+    cfg = bp.run_config(run_dir)
     data = bp.joeynmt_data(cfg, run_dir / "tokenizer.model", args.work, args.dev)
     sentences = len(data["refs"].read_text().splitlines())
     meta = {"updates": updates, "batch_tokens": cfg.trainer.batch_tokens, "test_sentences": sentences}
@@ -301,7 +301,7 @@ def ttb() -> None:
     overrides.append(f"hydra.run.dir={run_dir}")
     make = ["make", "--no-print-directory", "train", f"VENV={WORK / 'venv'}"]
     launcher = make if subprocess.run(["make", "--version"], capture_output=True).returncode == 0 else None
-    command = (launcher or [sys.executable, "-m", "translate.train"]) + overrides
+    command = (launcher or [sys.executable, "-m", "translate", "train"]) + overrides
     started = time.perf_counter()
     run(command, WORK / "ttb_train.log", left_s())
     row = {"command": shlex.join(command), "wall_s": round(time.perf_counter() - started, 1), "minutes": minutes}

@@ -30,7 +30,7 @@ def multi30k_dir() -> Path:
 
 
 def compose_train(overrides: list[str]):
-    """The training config exactly as `python -m translate.train <overrides>` would see it."""
+    """The training config exactly as `translate train <overrides>` would see it."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         return compose(config_name="train", overrides=overrides)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+import translate.commands.train  # noqa: F401  (imported once here; every forked run inherits it)
 import translate.runtime.checkpoints as checkpoint
 import translate.runtime.files as files
-import translate.train  # noqa: F401  (imported once here; every forked run inherits it)
 
 CRASHED, UNLOADABLE = 86, 87
 
@@ -58,8 +58,8 @@ def install_crash(at: int) -> list[int]:
 
 
 def train(run_dir: Path, overrides: list[str]) -> None:
-    sys.argv = ["translate.train", *overrides, f"hydra.run.dir={run_dir}"]
-    runpy.run_module("translate.train", run_name="__main__")
+    sys.argv = ["translate train", *overrides, f"hydra.run.dir={run_dir}"]
+    runpy.run_module("translate.commands.train", run_name="__main__")
 
 
 def in_child(work, *args) -> int:
@@ -100,8 +100,8 @@ def main() -> None:
     counter = []
 
     def warm_caches():  # tokenizer and token store made first, so every run below counts only its own writes
-        sys.argv = ["translate.prepare", *overrides]
-        runpy.run_module("translate.prepare", run_name="__main__")
+        sys.argv = ["translate prepare", *overrides]
+        runpy.run_module("translate.commands.prepare", run_name="__main__")
 
     assert in_child(warm_caches) == 0
     # the reference run counts the steps: in a child, so this process stays unpatched

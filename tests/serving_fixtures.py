@@ -1,5 +1,5 @@
 """What the server's tests share (tests/test_serve.py, tests/test_serve_bounds.py): three small runs trained and
-evaluated (the fixture `sweep`, once per module that imports it), and `python -m translate.serve` as a real
+evaluated (the fixture `sweep`, once per module that imports it), and `translate serve` as a real
 process on 127.0.0.1."""
 
 import http.client
@@ -53,13 +53,13 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m translate.serve` as a process, its output in a file (a pipe nobody reads would fill and stall
+    """`translate serve` as a process, its output in a file (a pipe nobody reads would fill and stall
     it); stopped (SIGTERM) when the test ends."""
 
     def __init__(self, runs: list[Path], *overrides: str):
         self.port = free_port()
         runs_list = ",".join(f"'{r}'" for r in runs)
-        command = [sys.executable, "-m", "translate.serve", f"runs=[{runs_list}]", f"port={self.port}", *overrides]
+        command = [sys.executable, "-m", "translate", "serve", f"runs=[{runs_list}]", f"port={self.port}", *overrides]
         self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 120

@@ -11,14 +11,17 @@ from translate.runtime.allocator import INSTALL_HINT, find_tcmalloc, malloc_envi
 
 
 def test_only_the_projects_commands_restart():
-    assert started_as_command(["python", "-m", "translate.train", "model=rnn"])
-    assert started_as_command(["/usr/bin/python3", "-u", "-m", "translate.evaluate"])  # as torchrun starts ranks
+    assert started_as_command(["python", "-m", "translate", "train", "model=rnn"])
+    assert started_as_command(["/usr/bin/python3", "-u", "-m", "translate", "eval"])  # as torchrun starts ranks
     assert not started_as_command(["python", "-m", "pytest", "tests"])
-    assert not started_as_command(["python", "scripts/benchmark.py", "-m", "translate.train"])
+    assert not started_as_command(["python", "scripts/benchmark.py", "-m", "translate", "train"])
     assert not started_as_command(["python", "-c", "import translate"])
     assert not started_as_command(["python", "-m"])
-    assert started_as_command(["python", "-W", "ignore", "-X", "dev", "-m", "translate.translate"])
-    assert not started_as_command(["python", "-c", "0", "-m", "translate.train"])
+    assert started_as_command(["python", "-W", "ignore", "-X", "dev", "-m", "translate", "translate"])
+    assert not started_as_command(["python", "-c", "0", "-m", "translate", "train"])
+    assert started_as_command(["python", "-m", "translate.commands.train"])
+    assert not started_as_command(["python", "-m", "translate", "report"])  # runs no model
+    assert not started_as_command(["python", "-m", "translate"]) and not started_as_command(["python", "-m", "train"])
 
 
 def test_child_environments_put_tcmalloc_first_or_take_it_out():
@@ -32,7 +35,7 @@ def train_log(tmp_path, name: str, **env) -> str:
     """train.log of two updates on the reversal task, started as a user would, with LD_PRELOAD unset."""
     run = tmp_path / name
     settings = [*tiny_synthetic(64, 8, 6), "trainer.max_steps=2", "trainer.valid_every=2", "trainer.max_minutes=0"]
-    command = [sys.executable, "-m", "translate.train", *settings, f"hydra.run.dir={run}"]
+    command = [sys.executable, "-m", "translate", "train", *settings, f"hydra.run.dir={run}"]
     environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "TRANSLATE_MALLOC")}
     done = subprocess.run(command, capture_output=True, text=True, env={**environment, **env}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -102,7 +102,7 @@ def test_a_run_with_a_moving_average_averages_and_decodes_the_moving_averages(ru
 @pytest.mark.slow
 def test_average_command_line(run_dir, tmp_path):
     def cli(*args):
-        command = [sys.executable, "-m", "translate.average", *args]
+        command = [sys.executable, "-m", "translate", "average", *args]
         return subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
         )

@@ -90,7 +90,7 @@ def test_a_config_yaml_with_aliases_is_refused_when_a_run_is_resumed(tmp_path):
 def test_evaluating_a_memo_bomb_checkpoint_ends_in_one_line(tmp_path):
     run = make_run(tmp_path / "run", lambda c: c.update(x=shared_lists()))
     start = time.perf_counter()
-    done = run_command("-m", "translate.evaluate", f"run={run}")
+    done = run_command("-m", "translate", "eval", f"run={run}")
     assert done.returncode == 2 and time.perf_counter() - start < 60
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"error: {run / 'best.pt'}: stored config key x[") and "values in all" in line
@@ -215,7 +215,7 @@ def test_the_server_refuses_a_run_whose_bleu_is_infinite_in_one_line(tmp_path):
     (run / "eval").mkdir()
     (run / "eval" / "test.json").write_text('{"bleu": 1e999}')
     port = "8"  # never reached: the run is refused while loading
-    done = run_command("-m", "translate.serve", f"run={run}", f"port={port}", "eval.device=cpu")
+    done = run_command("-m", "translate", "serve", f"run={run}", f"port={port}", "eval.device=cpu")
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and "eval/test.json: not JSON this program writes (the number 1e999" in line

@@ -15,7 +15,7 @@ import torch
 from conftest import compose_train, tiny_synthetic
 from omegaconf import OmegaConf
 
-from translate import translate as command
+from translate.commands import translate as command
 from translate.config.schema import EvalConfig, ModelConfig
 from translate.data.corpus import MAX_LINE_BYTES, SKIP_CHUNK, TextFiles, iter_lines, read_bounded_line, read_lines
 from translate.decoding import inference
@@ -125,7 +125,9 @@ def test_translate_texts_cuts_a_text_before_tokenizing_and_names_it(caplog):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_caps_its_source(name):
-    cfg = ModelConfig(name=name, emb_dim=8, hidden_dim=8, attention_dim=8, d_model=8, heads=2, ff_dim=16)
+    cfg = ModelConfig(
+        name=name, enc_layers=1, dec_layers=1, emb_dim=8, hidden_dim=8, attention_dim=8, d_model=8, heads=2, ff_dim=16
+    )
     model = build_model(cfg, 20).eval()
     assert model.max_positions == 1024 and source_limit(model) == 1023
     if name == "rnn_attention":  # a source of 3000 tokens reaches the encoder cut: 1023 and EOS
@@ -156,10 +158,10 @@ MEASURED = (  # runs a command with this stdin; prints its peak resident memory 
 
 
 def translate_measured(stdin_file: Path, *args: str) -> tuple[subprocess.CompletedProcess, int]:
-    """`python -m translate.translate args < stdin_file` and its peak RSS in MiB."""
+    """`translate translate args < stdin_file` and its peak RSS in MiB."""
     with open(stdin_file, "rb") as stdin:
         done = subprocess.run(
-            [sys.executable, "-c", MEASURED, sys.executable, "-m", "translate.translate", *args],
+            [sys.executable, "-c", MEASURED, sys.executable, "-m", "translate", "translate", *args],
             stdin=stdin,
             capture_output=True,
             cwd=ROOT,

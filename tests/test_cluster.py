@@ -79,7 +79,7 @@ def test_the_slurm_launcher_composes_with_one_task_per_gpu():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from omegaconf import OmegaConf
 
-    command = [sys.executable, "-m", "translate.train", "hydra/launcher=slurm", "+experiment=bottleneck"]
+    command = [sys.executable, "-m", "translate", "train", "hydra/launcher=slurm", "+experiment=bottleneck"]
     command += ["hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu", "--cfg", "hydra"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -103,7 +103,7 @@ def test_two_slurm_tasks_train_as_two_ranks_through_submitit(tmp_path):
     for rank in (0, 1):
         env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
         env |= {**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
-        command = [sys.executable, "-m", "translate.train", *overrides, f"hydra.run.dir={run_dir}"]
+        command = [sys.executable, "-m", "translate", "train", *overrides, f"hydra.run.dir={run_dir}"]
         tasks.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     results = [task.communicate(timeout=300) for task in tasks]
     for task, (_, stderr) in zip(tasks, results):

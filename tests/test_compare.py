@@ -65,7 +65,8 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     args = [
         sys.executable,
         "-m",
-        "translate.train",
+        "translate",
+        "train",
         "+experiment=bottleneck",
         *TINY,
         f"hydra.sweep.dir={sweep}",
@@ -106,7 +107,7 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
     runs = [sweep / f"{m}_seed1234" for m in ("rnn", "transformer")]
     for run in runs:
         done = subprocess.run(
-            [sys.executable, "-m", "translate.evaluate", f"run={run}", "eval.split=valid"],
+            [sys.executable, "-m", "translate", "eval", f"run={run}", "eval.split=valid"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -114,7 +115,7 @@ def test_compare_multirun_writes_report_and_resumes(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-2000:]
     chosen = tmp_path / "valid_report"
-    report_cmd = [sys.executable, "-m", "translate.report", f"--out={chosen}", "--eval", "valid", *map(str, runs)]
+    report_cmd = [sys.executable, "-m", "translate", "report", f"--out={chosen}", "--eval", "valid", *map(str, runs)]
     done = subprocess.run(report_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((chosen / "report.json").read_text())
@@ -172,7 +173,7 @@ def test_reversal_errors_count_repeat_sites_and_misaligned_positions():
 def test_seeds_are_a_sweep_axis_and_the_report_spreads_over_them(tmp_path):
     sweep = tmp_path / "compare"
     # the whole test set for every k, so that two probe buckets hold the 10 sentences a lead's growth needs
-    args = ["-m", "translate.train", "+experiment=bottleneck", *TINY, "eval.probe_per_k=0", "trainer.seed=1,2"]
+    args = ["-m", "translate", "train", "+experiment=bottleneck", *TINY, "eval.probe_per_k=0", "trainer.seed=1,2"]
     args.append(f"hydra.sweep.dir={sweep}")
     done = subprocess.run(
         [sys.executable, *args, f"data.tokenizer.cache_dir={tmp_path / 'tok'}"],
@@ -224,7 +225,8 @@ def test_an_override_gets_its_own_comparison_directory(tmp_path):
     args = [
         sys.executable,
         "-m",
-        "translate.train",
+        "translate",
+        "train",
         "+experiment=bottleneck",
         *TINY,
         "hydra.sweeper.params.model=rnn",

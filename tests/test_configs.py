@@ -128,3 +128,49 @@ def test_the_default_configs_and_presets_break_no_rule():
         check_config(compose_train(overrides))
     for experiment in sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")):
         check_config(compose_train([f"+experiment={experiment}"]))
+
+
+COMMAND_SCHEMAS = {  # config file: its schema's name in translate/config/schema.py
+    "train": "TrainConfig",
+    "prepare": "TrainConfig",
+    "eval": "EvaluateConfig",
+    "translate": "TranslateConfig",
+    "serve": "ServeConfig",
+    "export": "ExportConfig",
+    "average": "AverageConfig",
+}
+# what a default group choice is, not a default: the corpus's checksums belong to configs/data/multi30k.yaml
+CHOSEN = {"data.sha256"}
+
+
+def differences(a, b, prefix=""):
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict) and f"{prefix}{key}" not in CHOSEN:
+            yield from differences(x, y, f"{prefix}{key}.")
+        elif x != y and f"{prefix}{key}" not in CHOSEN:
+            yield f"{prefix}{key}: schema {x!r}, composed {y!r}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_SCHEMAS))
+def test_every_default_has_one_home_the_schema(command):
+    """A command's default config, composed by Hydra from configs/, gives each setting its schema default: the
+    YAML files choose (a corpus, a model family), they do not hold a second set of defaults."""
+    from translate.config import schema
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        composed = OmegaConf.to_container(compose(config_name=command))
+    composed.pop("hydra", None)
+    defaults = OmegaConf.to_container(OmegaConf.structured(getattr(schema, COMMAND_SCHEMAS[command])))
+    assert not list(differences(defaults, composed))
+
+
+def test_a_run_saved_before_a_setting_existed_is_read_as_it_was_trained():
+    from translate.config.schema import TrainConfig, saved_train_config
+
+    saved = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+    for key in ("concat_prob", "concat_max", "ema_decay"):
+        del saved["trainer"][key]
+    old = saved_train_config(saved).trainer
+    assert (old.concat_prob, old.concat_max, old.ema_decay) == (0.0, 3, 0.0)
+    assert saved_train_config(OmegaConf.to_container(OmegaConf.structured(TrainConfig))).trainer.ema_decay == 0.999

@@ -172,7 +172,7 @@ def test_a_checkpoint_written_on_the_gpu_resumes_in_a_process_without_cuda(tmp_p
         saved = torch.load(run_dir / "last.pt", weights_only=True)
         assert next(iter(saved["model"].values())).device.type == "cuda"
     at_4 = weights(run_dir)
-    command = [sys.executable, "-m", "translate.train", *settings(tok, "trainer.device=cpu", "trainer.max_steps=8")]
+    command = [sys.executable, "-m", "translate", "train", *settings(tok, "trainer.device=cpu", "trainer.max_steps=8")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a process that sees no GPU at all
     done = subprocess.run(
         [*command, "trainer.valid_every=4", f"resume={run_dir}"],
@@ -316,7 +316,7 @@ def test_torchrun_one_rank_trains_on_the_gpu_and_the_log_names_it_and_the_precis
     and the precision chosen, and the summary the device."""
     run_dir = tmp_path / "run"
     auto = settings(tok, "trainer.device=auto", "trainer.precision=auto", "trainer.max_steps=4")
-    command = [*TORCHRUN_ONE, "-m", "translate.train", *auto, "trainer.valid_every=4", f"hydra.run.dir={run_dir}"]
+    command = [*TORCHRUN_ONE, "-m", "translate", "train", *auto, "trainer.valid_every=4", f"hydra.run.dir={run_dir}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((run_dir / "train_summary.json").read_text())

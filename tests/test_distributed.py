@@ -39,7 +39,7 @@ def settings(tmp: Path, *extra: str) -> list[str]:
 
 def train(tmp: Path, run_dir: Path, *extra: str, ranks: int = 1) -> subprocess.CompletedProcess:
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
-    command = [*launcher, "-m", "translate.train", *settings(tmp, *extra), f"hydra.run.dir={run_dir}"]
+    command = [*launcher, "-m", "translate", "train", *settings(tmp, *extra), f"hydra.run.dir={run_dir}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
@@ -89,7 +89,7 @@ def test_only_rank_0_writes_and_its_checkpoint_evaluates_in_one_process(runs):
     assert TrainState.from_checkpoint(load_checkpoint(run_dir / "last.pt")).step == 20
     assert len(load_checkpoint(run_dir / "last.pt")["train_state"]["rng"]["ranks"]) == 2
     done = subprocess.run(
-        [sys.executable, "-m", "translate.evaluate", f"run={run_dir}", "eval.probe_k=0"],
+        [sys.executable, "-m", "translate", "eval", f"run={run_dir}", "eval.probe_k=0"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -149,7 +149,8 @@ def test_kill_9_of_every_rank_then_resume_equals_the_uninterrupted_run(runs, tmp
     command = [
         *TORCHRUN,
         "-m",
-        "translate.train",
+        "translate",
+        "train",
         *settings(tmp_path, "trainer.batch_tokens=600", "trainer.max_steps=20"),
         f"hydra.run.dir={run_dir}",
     ]
@@ -189,7 +190,8 @@ def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(tmp_path):
     command = [
         *TORCHRUN,
         "-m",
-        "translate.train",
+        "translate",
+        "train",
         *settings(tmp_path, "trainer.batch_tokens=600", "trainer.max_steps=100000"),
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
@@ -202,7 +204,7 @@ def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(tmp_path):
     assert len(ranks) == 2
     os.kill(max(ranks), signal.SIGKILL)
     _, stderr = job.communicate(timeout=120)  # a hang would time out here
-    assert job.returncode != 0 and "translate.train FAILED" in stderr
+    assert job.returncode != 0 and "translate FAILED" in stderr
 
 
 @pytest.mark.slow

@@ -210,9 +210,9 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(multi30k_d
     common.append("trainer.valid_bleu_sentences=8")
     common.append(f"data.tokenizer.cache_dir={tmp_path / 'tok'}")
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    assert _cli("-m", "translate.train", *common, f"hydra.run.dir={straight}").returncode == 0
+    assert _cli("-m", "translate", "train", *common, f"hydra.run.dir={straight}").returncode == 0
 
-    command = [sys.executable, "-m", "translate.train", *common, f"hydra.run.dir={cut}"]
+    command = [sys.executable, "-m", "translate", "train", *common, f"hydra.run.dir={cut}"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved_step = lambda: TrainState.from_checkpoint(load_checkpoint(cut / "last.pt")).step  # noqa: E731
     deadline = time.monotonic() + 300
@@ -224,7 +224,7 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(multi30k_d
     assert proc.wait() == -signal.SIGKILL
     assert 3 <= saved_step() < 12, "killed before its first checkpoint or after the end"
 
-    assert _cli("-m", "translate.train", *common, f"resume={cut}", f"hydra.run.dir={cut}").returncode == 0
+    assert _cli("-m", "translate", "train", *common, f"resume={cut}", f"hydra.run.dir={cut}").returncode == 0
     a, b = (load_checkpoint(run / "last.pt") for run in (straight, cut))
     assert TrainState.from_checkpoint(b).step == 12
     for name, tensor in a["model"].items():
@@ -252,7 +252,7 @@ def test_command_line_train_then_eval_any_files(multi30k_dir, tmp_path):
 
     cache = f"data.tokenizer.cache_dir={tmp_path / 'tok'}"
     done = _cli(
-        "-m", "translate.train", *SMALL_DATA, *SMALL_MODELS["rnn_attention"], *STEPS, cache, f"hydra.run.dir={run}"
+        "-m", "translate", "train", *SMALL_DATA, *SMALL_MODELS["rnn_attention"], *STEPS, cache, f"hydra.run.dir={run}"
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "train.log").read_text().count("valid loss") == 2
@@ -261,7 +261,7 @@ def test_command_line_train_then_eval_any_files(multi30k_dir, tmp_path):
     src, ref = tmp_path / "my.de", tmp_path / "my.en"
     src.write_text("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
     ref.write_text("A man rides a bike.\nTwo dogs play in the snow.\n")
-    done = _cli("-m", "translate.evaluate", f"run={run}", f"eval.src={src}", f"eval.ref={ref}")
+    done = _cli("-m", "translate", "eval", f"run={run}", f"eval.src={src}", f"eval.ref={ref}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (
         "my: 2 sentences, rnn_attention" in done.stdout
@@ -274,13 +274,13 @@ def test_command_line_train_then_eval_any_files(multi30k_dir, tmp_path):
 
 
 def test_command_line_errors_are_one_line(tmp_path):
-    done = _cli("-m", "translate.evaluate", f"run={tmp_path}")
+    done = _cli("-m", "translate", "eval", f"run={tmp_path}")
     assert done.returncode != 0
     assert (
         done.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/best.pt: no checkpoint here; "
         "train first (make train) or choose eval.checkpoint=last|best|<file.pt>"
     )
-    done = _cli("-m", "translate.train", "model.hiden_dim=3")
+    done = _cli("-m", "translate", "train", "model.hiden_dim=3")
     assert done.returncode != 0 and "Key 'hiden_dim' not in 'ModelConfig'" in done.stderr
-    done = _cli("-m", "translate.train", "model=lstm")
+    done = _cli("-m", "translate", "train", "model=lstm")
     assert done.returncode != 0 and "Could not find 'model/lstm'" in done.stderr

@@ -1,4 +1,4 @@
-"""Serving through CTranslate2 (translate/export.py): a Transformer trained for a few dozen steps on a slice of
+"""Serving through CTranslate2 (translate/commands/export.py): a Transformer trained for a few dozen steps on a slice of
 Multi30k is exported and decodes as our own search does; RNN runs are refused; a missing export is named."""
 
 import gzip
@@ -76,8 +76,8 @@ def run_dir(multi30k_dir, ctranslate2, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> Path:
-    """The run after `python -m translate.export run=<run>` (float32)."""
-    done = _cli("translate.export", f"run={run_dir}")
+    """The run after `translate export run=<run>` (float32)."""
+    done = _cli("export", f"run={run_dir}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {run_dir / 'ct2'}: CTranslate2 model of best.pt (step ")
     assert "quantization none" in done.stdout and " MB" in done.stdout
@@ -90,9 +90,9 @@ def sentences(multi30k_dir) -> list[str]:
         return [next(f).strip() for _ in range(SENTENCES)]
 
 
-def _cli(module: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def _cli(command: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", module, *args]
+    command = [sys.executable, "-m", "translate", command, *args]
     return subprocess.run(command, input=stdin, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -176,7 +176,7 @@ def test_translate_engine_ct2_keeps_lines(exported, sentences):
 
     lines = [sentences[0], "", sentences[1], "   ", sentences[2]]
     stdin = "\n".join(lines) + "\n"
-    done = _cli("translate.translate", f"run={exported}", "engine=ct2", stdin=stdin)
+    done = _cli("translate", f"run={exported}", "engine=ct2", stdin=stdin)
     assert done.returncode == 0, done.stderr
     out = done.stdout.split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines) and out[1] == out[3] == ""
@@ -186,7 +186,7 @@ def test_translate_engine_ct2_keeps_lines(exported, sentences):
 
 
 def test_translate_engine_ct2_without_export_says_how_to_make_it(exported):
-    line = _one_error_line(_cli("translate.translate", f"run={exported}", "engine=ct2", "quantization=int16"))
+    line = _one_error_line(_cli("translate", f"run={exported}", "engine=ct2", "quantization=int16"))
     assert line == (
         f"error: {exported / 'ct2-int16'}: no CTranslate2 export here; make one first: "
         f"make export RUN={exported} quantization=int16"
@@ -205,12 +205,12 @@ def test_rnn_run_is_refused_in_one_line(exported, tmp_path):
     rnn_run.mkdir()
     shutil.copy(exported / "tokenizer.model", rnn_run)
     ckpt = load_checkpoint(exported / "best.pt")
-    small = ModelConfig(name="rnn_attention", emb_dim=16, hidden_dim=16, attention_dim=16)
+    small = ModelConfig(name="rnn_attention", enc_layers=1, dec_layers=1, emb_dim=16, hidden_dim=16, attention_dim=16)
     ckpt["config"]["model"] = OmegaConf.to_container(OmegaConf.structured(small))
     ckpt["model"] = build_model(small, ckpt["vocab_size"]).state_dict()
     ckpt.pop("ema", None)  # the trained run's moving average is of the other model
     save_checkpoint(ckpt, rnn_run / "best.pt")
-    line = _one_error_line(_cli("translate.export", f"run={rnn_run}"))
+    line = _one_error_line(_cli("export", f"run={rnn_run}"))
     assert line == (
         "error: model rnn_attention cannot be exported: CTranslate2 has no RNN specification; export a transformer run"
     )

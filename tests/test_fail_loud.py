@@ -70,7 +70,7 @@ def step_of(path: Path) -> int:
 
 def finished_run(tmp: Path, steps: int) -> Path:
     """A tiny run of `steps` updates, trained to the end by a real process."""
-    done = run("-m", "translate.train", *tiny(tmp, f"trainer.max_steps={steps}"), f"hydra.run.dir={tmp / 'run'}")
+    done = run("-m", "translate", "train", *tiny(tmp, f"trainer.max_steps={steps}"), f"hydra.run.dir={tmp / 'run'}")
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp / "run"
 
@@ -92,7 +92,7 @@ def trained(tmp_path_factory) -> Path:
 )
 def test_bad_settings_stop_the_command_before_any_data_is_read(bad, named, tmp_path):
     missing = tmp_path / "no-such-corpus"  # read before the settings were checked, this would be the error
-    done = run("-m", "translate.train", f"data.dir={missing}", *bad, f"hydra.run.dir={tmp_path / 'run'}")
+    done = run("-m", "translate", "train", f"data.dir={missing}", *bad, f"hydra.run.dir={tmp_path / 'run'}")
     line = one_error_line(done)
     assert all(key in line for key in named) and "default" in line and str(missing) not in line
     assert not (tmp_path / "run" / "config.yaml").exists()
@@ -137,14 +137,14 @@ def test_make_eval_refuses_a_damaged_best_pt_in_one_line(how, trained, tmp_path)
     for name in ("best.pt", "tokenizer.model", "config.yaml"):
         (copy / name).write_bytes((trained / name).read_bytes())
     damaged(copy / "best.pt", how, random.Random(7))
-    line = one_error_line(run("-m", "translate.evaluate", f"run={copy}"))
+    line = one_error_line(run("-m", "translate", "eval", f"run={copy}"))
     assert line.startswith(f"error: {copy / 'best.pt'}: unreadable") and "last.pt" in line
 
 
 def test_resume_with_another_model_or_tokenizer_is_refused_before_training(trained, tmp_path):
     before = (trained / "last.pt").read_bytes()
     changed = ["data.tokenizer.vocab_size=40", "model.ff_dim=48"]
-    done = run("-m", "translate.train", *tiny(trained.parent, *changed), f"resume={trained}")
+    done = run("-m", "translate", "train", *tiny(trained.parent, *changed), f"resume={trained}")
     line = one_error_line(done)
     assert "data.tokenizer.vocab_size=36 (now 40)" in line and "model.ff_dim=64 (now 48)" in line
     assert line.endswith("add data.tokenizer.vocab_size=36 model.ff_dim=64")
@@ -153,7 +153,7 @@ def test_resume_with_another_model_or_tokenizer_is_refused_before_training(train
 
 def test_training_into_a_directory_holding_a_run_is_refused(trained):
     before = (trained / "last.pt").read_bytes()
-    line = one_error_line(run("-m", "translate.train", *tiny(trained.parent), f"hydra.run.dir={trained}"))
+    line = one_error_line(run("-m", "translate", "train", *tiny(trained.parent), f"hydra.run.dir={trained}"))
     assert f"resume={trained}" in line
     assert (trained / "last.pt").read_bytes() == before
 
@@ -180,7 +180,7 @@ def test_an_empty_corpus_is_one_line(train_lines, expected, tmp_path):
     settings = [f"data.dir={corpus}", f"data.tokenizer.cache_dir={tmp_path / 'tok'}", "data.max_tokens=2"]
     if model_type == "char":
         settings += ["data.tokenizer.model_type=char", "data.tokenizer.vocab_size=20"]
-    line = one_error_line(run("-m", "translate.train", *settings, f"hydra.run.dir={tmp_path / 'run'}"))
+    line = one_error_line(run("-m", "translate", "train", *settings, f"hydra.run.dir={tmp_path / 'run'}"))
     assert expected in line
 
 
@@ -190,7 +190,7 @@ def test_translate_gives_one_line_per_input_line_whatever_the_input(trained):
     garbage = bytes(b for b in rng.randbytes(3000) if b != 0x0A)  # invalid UTF-8 on one line
     huge = " ".join(f"s{rng.randrange(32)}" for _ in range(5000))  # beyond the Transformer's 1,024 positions
     lines = [b"s1 s2 s3", garbage, b"", huge.encode(), "s4 s5 \u00e9\u4e2d".encode(), b"\xff\xfe s7", b"s8 s9"]
-    done = run("-m", "translate.translate", f"run={trained}", stdin=b"\n".join(lines) + b"\n")
+    done = run("-m", "translate", "translate", f"run={trained}", stdin=b"\n".join(lines) + b"\n")
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout.split("\n")
     assert len(out) == len(lines) + 1 and out[-1] == ""
@@ -222,7 +222,7 @@ def test_a_line_that_fails_leaves_an_empty_line_and_the_others_translated(traine
 
 # ---- one writer per run, signals, resume -------------------------------------------------------------------------
 def start_training(tmp: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "translate.train", *tiny(tmp, *extra), f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, "-m", "translate", "train", *tiny(tmp, *extra), f"hydra.run.dir={run_dir}"]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -239,13 +239,13 @@ def test_one_writer_per_run_directory_and_no_stale_lock_after_kill_9(tmp_path):
     try:
         wait_for_checkpoint(first, run_dir / "last.pt")
         for attempt in ([f"hydra.run.dir={run_dir}"], [f"resume={run_dir}"]):
-            line = one_error_line(run("-m", "translate.train", *tiny(tmp_path), *attempt))
+            line = one_error_line(run("-m", "translate", "train", *tiny(tmp_path), *attempt))
             assert f"in use by process {first.pid}" in line and f"kill {first.pid}" in line
     finally:
         first.kill()
         first.communicate()
     step = step_of(run_dir / "last.pt")
-    done = run("-m", "translate.train", *tiny(tmp_path, f"trainer.max_steps={step + 2}"), f"resume={run_dir}")
+    done = run("-m", "translate", "train", *tiny(tmp_path, f"trainer.max_steps={step + 2}"), f"resume={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert step_of(run_dir / "last.pt") == step + 2
 
@@ -277,7 +277,7 @@ def test_a_signal_saves_last_pt_prints_the_resume_command_and_the_resumed_run_is
     assert resume[:2] == ["make", "train"] and resume[-1] == f"resume={run_dir}" and "trainer.max_steps=60" in resume
     assert 5 <= stopped < 60, "the signal came after the end"
 
-    done = run("-m", "translate.train", *resume[2:])  # the printed command, without make
+    done = run("-m", "translate", "train", *resume[2:])  # the printed command, without make
     assert done.returncode == 0, done.stderr[-3000:]
     same_weights(straight / "last.pt", run_dir / "last.pt")
     no_step_twice(run_dir)
@@ -315,7 +315,7 @@ def test_kill_9_then_resume_shows_every_step_once_in_tensorboard(tmp_path):
     time.sleep(0.2)
     proc.kill()
     proc.communicate()
-    done = run("-m", "translate.train", *tiny(tmp_path, "trainer.max_steps=60"), f"resume={run_dir}")
+    done = run("-m", "translate", "train", *tiny(tmp_path, "trainer.max_steps=60"), f"resume={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     no_step_twice(run_dir)
 
@@ -326,10 +326,10 @@ def test_a_file_size_limit_is_one_line_and_leaves_no_half_file(limit, tmp_path):
     """150 kB stops the tokenizer's copy into the run, 600 kB the first checkpoint (d_model 64: ~1.1 MB)."""
     run_dir = tmp_path / "run"
     args = tiny(tmp_path, "model.d_model=64", "model.ff_dim=128")
-    warm = run("-m", "translate.train", *args, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'warm'}")
+    warm = run("-m", "translate", "train", *args, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'warm'}")
     assert warm.returncode == 0, warm.stderr[-3000:]  # the tokenizer cache, written without the limit
     done = run(
-        "-m", "translate.train", *args, "trainer.max_steps=10", f"hydra.run.dir={run_dir}", limit_file_size=limit
+        "-m", "translate", "train", *args, "trainer.max_steps=10", f"hydra.run.dir={run_dir}", limit_file_size=limit
     )
     line = one_error_line(done)
     assert "ulimit -f" in line and str(run_dir) in line

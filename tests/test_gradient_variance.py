@@ -24,7 +24,15 @@ CFG = SimpleNamespace(trainer=SimpleNamespace(label_smoothing=0.1, loss_chunk=5)
 def _model(attention, dropout=0.1, **extra):
     torch.manual_seed(0)
     config = ModelConfig(
-        name="rnn_attention", attention=attention, emb_dim=16, hidden_dim=24, attention_dim=12, dropout=dropout, **extra
+        name="rnn_attention",
+        enc_layers=1,
+        dec_layers=1,
+        attention=attention,
+        emb_dim=16,
+        hidden_dim=24,
+        attention_dim=12,
+        dropout=dropout,
+        **extra,
     )
     return build_model(config, V)
 

@@ -25,7 +25,16 @@ HARD = ["hard", "hard_gumbel"]
 
 
 def _config(attention, **extra):
-    return ModelConfig(name="rnn_attention", attention=attention, emb_dim=16, hidden_dim=24, attention_dim=12, **extra)
+    return ModelConfig(
+        name="rnn_attention",
+        enc_layers=1,
+        dec_layers=1,
+        attention=attention,
+        emb_dim=16,
+        hidden_dim=24,
+        attention_dim=12,
+        **extra,
+    )
 
 
 def _model(attention, seed=0, **extra):

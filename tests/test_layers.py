@@ -1,6 +1,6 @@
 """The package's layers: each part imports only parts below it, so a listing of translate/ reads bottom-up.
 
-    runtime → data, models → config → decoding → evaluation → training, serving → commands (translate/*.py)
+    runtime → data, models → config → decoding → evaluation → training, serving → commands (translate/commands/)
 
 data and models are peers that never import each other; models import nothing but models (and torch);
 training and serving are peers too.
@@ -14,13 +14,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "translate"
 LAYERS = {"runtime": 0, "data": 1, "models": 1, "config": 2, "decoding": 3, "evaluation": 4, "training": 5}
 LAYERS["serving"] = 5
-COMMANDS = 6
+COMMANDS = LAYERS["commands"] = 6  # and translate/__main__.py, which runs them
 FORBIDDEN = {("data", "models"), ("models", "data"), ("models", "runtime")}
 FORBIDDEN |= {("training", "serving"), ("serving", "training")}
 
 
 def part(module: str) -> str:
-    """translate.decoding.search -> decoding; translate.train -> '' (a command)."""
+    """translate.decoding.search -> decoding; translate.commands.train -> commands; translate.__main__ -> ''."""
     parts = module.split(".")
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
 
@@ -71,7 +71,7 @@ def test_the_check_sees_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from translate.training.trainer import Trainer\n")
     assert imports(bad) == [(2, "translate.training.trainer")]
     assert layer("translate.training.trainer") > layer("translate.decoding.search")
-    assert layer("translate.train") == COMMANDS and part("translate.runtime") == "runtime"
+    assert layer("translate.commands.train") == COMMANDS and part("translate.runtime") == "runtime"
 
 
 def module_level_imports(module: str) -> set[str]:
@@ -108,7 +108,7 @@ def module_level_imports(module: str) -> set[str]:
 
 
 def test_translating_imports_neither_tensorboard_nor_plotting():
-    for command in ("translate.translate", "translate.decoding.inference", "translate.decoding.ct2"):
+    for command in ("translate.commands.translate", "translate.decoding.inference", "translate.decoding.ct2"):
         heavy = {m for m in module_level_imports(command) if m.split(".")[0] == "matplotlib" or "tensorboard" in m}
         assert not heavy, f"{command} imports {heavy}"
-    assert "torch.utils.tensorboard" in module_level_imports("translate.evaluate")  # the check sees them
+    assert "torch.utils.tensorboard" in module_level_imports("translate.commands.eval")  # the check sees them

@@ -196,7 +196,7 @@ CASES = [
     ("tensorboard", "HOST", lambda v: ["--host", v, "--port", "6006"]),
     ("install PYTHON=venv/bin/python", "TORCH", _torch),
     ("install", "PYTHON", None),  # `<PYTHON> -m venv` is no program here: it fails, running nothing else
-    ("train", "model", lambda v: ["-m", "translate.train", f"model={v}"]),
+    ("train", "model", lambda v: ["-m", "translate", "train", f"model={v}"]),
     ("translate RUN=r", "eval.src", lambda v: [f"eval.src={v}"]),
 ]
 
@@ -243,14 +243,14 @@ def test_numbers_reach_the_programs(tmp_path):
     project = _project(tmp_path)
     [call] = _calls(_make(project, "train", "NPROC=2", "trainer.max_epochs=5"))
     assert call["prog"] == "torchrun"
-    assert call["argv"] == ["--standalone", "--nproc_per_node=2", "-m", "translate.train", "trainer.max_epochs=5"]
+    assert call["argv"] == ["--standalone", "--nproc_per_node=2", "-m", "translate", "train", "trainer.max_epochs=5"]
     assert call["env"]["GLOO_SOCKET_IFNAME"] == "lo" and call["env"]["TRANSLATE_LAUNCH_TIME"].isdigit()
     [call] = _calls(_make(project, "train", "NPROC=2", GLOO_SOCKET_IFNAME="eth7"))
     assert call["env"]["GLOO_SOCKET_IFNAME"] == "eth7"  # set: kept
     [call] = _calls(_make(project, "train"))
     assert call["prog"] == "python" and call["env"]["GLOO_SOCKET_IFNAME"] is None
     [call] = _calls(_make(project, "compare", "SEEDS=3"))
-    assert call["argv"] == ["-m", "translate.train", "+experiment='bottleneck'", "trainer.seed=1234,1235,1236"]
+    assert call["argv"] == ["-m", "translate", "train", "+experiment='bottleneck'", "trainer.seed=1234,1235,1236"]
     [call] = _calls(_make(project, "bench-peers", "UPDATES=30"))
     assert call["argv"] == ["scripts/bench_peers.py", "--updates", "30"]
     [call] = _calls(_make(project, "tensorboard", "HOST=0.0.0.0", "PORT=7000"))
@@ -270,7 +270,7 @@ def test_hydra_overrides_pass_through_each_one_word(tmp_path):
     ]
     make_variables = ["RUN=r", "RUNS=a b", "OUT=o", "NPROC=", "SEEDS=", "UPDATES=1", "PORT=1", "TORCH=t", "PYTHON=p"]
     [call] = _calls(_make(project, "train", *overrides, *make_variables, "EXPERIMENT=e", "HOST=h"))
-    assert call["argv"][:2] == ["-m", "translate.train"] and sorted(call["argv"][2:]) == sorted(overrides)
+    assert call["argv"][:2] == ["-m", "translate", "train"] and sorted(call["argv"][2:]) == sorted(overrides)
     assert _hydra_reads("eval.ref='quoted, as Hydra reads it'") == ("eval.ref", "quoted, as Hydra reads it")
     assert OverridesParser.create().parse_overrides(["trainer.seed=1,2"])[0].is_sweep_override()  # a sweep, as before
 

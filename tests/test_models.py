@@ -9,23 +9,62 @@ from translate.runtime.checkpoints import load_checkpoint, save_checkpoint
 V = 50
 CONFIGS = {
     "rnn": dict(name="rnn", emb_dim=24, hidden_dim=32, enc_layers=2, dec_layers=2),
-    "rnn_lstm": dict(name="rnn", cell="lstm", emb_dim=24, hidden_dim=32, bidirectional=False),
-    "rnn_attention": dict(name="rnn_attention", emb_dim=24, hidden_dim=32, attention_dim=16),
+    "rnn_lstm": dict(
+        name="rnn", enc_layers=1, dec_layers=1, cell="lstm", emb_dim=24, hidden_dim=32, bidirectional=False
+    ),
+    "rnn_attention": dict(
+        name="rnn_attention", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, attention_dim=16
+    ),
     "rnn_attention_lstm": dict(
-        name="rnn_attention", cell="lstm", emb_dim=24, hidden_dim=32, attention_dim=16, tie_embeddings=False
+        name="rnn_attention",
+        enc_layers=1,
+        dec_layers=1,
+        cell="lstm",
+        emb_dim=24,
+        hidden_dim=32,
+        attention_dim=16,
+        tie_embeddings=False,
     ),
     "rnn_attention_local": dict(
-        name="rnn_attention", attention="local", emb_dim=24, hidden_dim=32, attention_dim=16, window=2
+        name="rnn_attention",
+        enc_layers=1,
+        dec_layers=1,
+        attention="local",
+        emb_dim=24,
+        hidden_dim=32,
+        attention_dim=16,
+        window=2,
     ),
     "rnn_attention_local_m": dict(
-        name="rnn_attention", attention="local_m", emb_dim=24, hidden_dim=32, window=2, bidirectional=False
+        name="rnn_attention",
+        enc_layers=1,
+        dec_layers=1,
+        attention="local_m",
+        emb_dim=24,
+        hidden_dim=32,
+        window=2,
+        bidirectional=False,
     ),
     "rnn_attention_multihead": dict(
-        name="rnn_attention", attention="multihead", emb_dim=24, hidden_dim=32, attention_dim=16, heads=2
+        name="rnn_attention",
+        enc_layers=1,
+        dec_layers=1,
+        attention="multihead",
+        emb_dim=24,
+        hidden_dim=32,
+        attention_dim=16,
+        heads=2,
     ),
     "transformer": dict(name="transformer", d_model=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2),
     "transformer_post_ln": dict(
-        name="transformer", d_model=32, heads=4, ff_dim=64, pre_norm=False, tie_embeddings=False
+        name="transformer",
+        enc_layers=1,
+        dec_layers=1,
+        d_model=32,
+        heads=4,
+        ff_dim=64,
+        pre_norm=False,
+        tie_embeddings=False,
     ),
 }
 

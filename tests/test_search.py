@@ -18,8 +18,10 @@ from translate.models import build_model
 
 V, BOS, EOS = 24, 2, 3
 CONFIGS = {
-    "rnn": dict(name="rnn", emb_dim=24, hidden_dim=32, dropout=0.0),
-    "rnn_attention": dict(name="rnn_attention", emb_dim=24, hidden_dim=32, attention_dim=16, dropout=0.0),
+    "rnn": dict(name="rnn", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, dropout=0.0),
+    "rnn_attention": dict(
+        name="rnn_attention", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, attention_dim=16, dropout=0.0
+    ),
     "transformer": dict(name="transformer", d_model=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2, dropout=0.0),
 }
 MODELS = list(CONFIGS)

@@ -1,4 +1,4 @@
-"""The server as a real process on 127.0.0.1 (python -m translate.serve), serving three small models trained on a
+"""The server as a real process on 127.0.0.1 (translate serve), serving three small models trained on a
 slice of Multi30k: every endpoint and every error over HTTP, the queue's limit, a client that goes away, SIGTERM
 in flight, a load test whose every answer equals the offline translation, and the page in a real Chromium."""
 

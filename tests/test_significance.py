@@ -1,4 +1,4 @@
-"""`make significance` (translate.significance, translate/evaluation/significance.py): evaluated runs compared with
+"""`make significance` (translate.significance, translate/evaluation/paired_tests.py): evaluated runs compared with
 the first by sacreBLEU's paired bootstrap and approximate randomisation, against sacreBLEU's own command line on the
 same files; runs scored on different test sets, or with missing or altered files, refused with one line.  The runs
 are fake evaluated run directories (eval/test.{json,hyp,ref}, written as evaluation writes them): no training."""
@@ -17,7 +17,7 @@ import pytest
 
 from translate.evaluation.evaluator import reference_record
 from translate.evaluation.metrics import corpus_scores
-from translate.evaluation.significance import (
+from translate.evaluation.paired_tests import (
     MEASURES,
     difference_interval,
     load_evaluated,
@@ -171,7 +171,7 @@ def test_the_command_prints_what_sacrebleus_command_line_prints(tmp_path, multi3
     runs = [evaluated_run(tmp_path / name, hyps, references) for name, hyps in systems.items()]
     env = {**os.environ, "SACREBLEU_SEED": "4321"}
     done = subprocess.run(
-        [sys.executable, "-m", "translate.significance", *map(str, runs), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "translate", "significance", *map(str, runs), "--out", str(tmp_path / "out")],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -220,7 +220,7 @@ def test_the_command_refuses_runs_on_different_test_sets_with_one_line(tmp_path)
     base = evaluated_run(tmp_path / "base", HYPS, REFS)
     other = evaluated_run(tmp_path / "other", HYPS[:-1], REFS[:-1])
     done = subprocess.run(
-        [sys.executable, "-m", "translate.significance", str(base), str(other), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "translate", "significance", str(base), str(other), "--out", str(tmp_path / "out")],
         cwd=ROOT,
         capture_output=True,
         text=True,

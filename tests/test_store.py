@@ -82,7 +82,7 @@ def _repeated_corpus(multi30k_dir, directory: Path, times: int) -> Path:
 
 @pytest.mark.slow
 def test_preparation_killed_half_way_leaves_nothing_to_read(multi30k_dir, tmp_path):
-    """A real `python -m translate.prepare` killed with SIGKILL while it encodes: the next one removes its
+    """A real `translate prepare` killed with SIGKILL while it encodes: the next one removes its
     leftovers and builds the whole store."""
     corpus = _repeated_corpus(multi30k_dir, tmp_path / "corpus", times=10)
     overrides = [
@@ -93,7 +93,7 @@ def test_preparation_killed_half_way_leaves_nothing_to_read(multi30k_dir, tmp_pa
         "data.tokenizer.input_sentence_size=20000",
         *_caches(tmp_path),
     ]
-    command = [sys.executable, "-m", "translate.prepare", *overrides]
+    command = [sys.executable, "-m", "translate", "prepare", *overrides]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stores, deadline = tmp_path / "stores", time.time() + 300
     while not any(p.stat().st_size > 0 for p in stores.glob("*.partial-*/src.raw")):

@@ -61,7 +61,18 @@ def test_fused_loss_trains_a_tied_model_like_the_unfused(name):
     """Tied embeddings: the output layer's weight is the embedding, so its gradient has two sources."""
     torch.manual_seed(0)
     model = build_model(
-        ModelConfig(name=name, emb_dim=16, hidden_dim=24, attention_dim=8, d_model=16, heads=2, ff_dim=32, dropout=0.0),
+        ModelConfig(
+            name=name,
+            enc_layers=1,
+            dec_layers=1,
+            emb_dim=16,
+            hidden_dim=24,
+            attention_dim=8,
+            d_model=16,
+            heads=2,
+            ff_dim=32,
+            dropout=0.0,
+        ),
         40,
     )
     src, tgt = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))

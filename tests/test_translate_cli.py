@@ -1,4 +1,4 @@
-"""`python -m translate.translate` end to end, on a Transformer trained for a few steps on a slice of Multi30k."""
+"""`translate translate` end to end, on a Transformer trained for a few steps on a slice of Multi30k."""
 
 import gzip
 import json
@@ -55,7 +55,7 @@ def sentences(multi30k_dir) -> list[str]:
 
 
 def _translate(*args, stdin: str = "", **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "translate.translate", *args]
+    command = [sys.executable, "-m", "translate", "translate", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         command, input=stdin, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, **kwargs
@@ -101,7 +101,7 @@ def test_a_line_of_sentences_gives_one_line_of_their_translations_unless_split_s
 
 def test_interactive_terminal_gets_a_prompt_and_each_line_at_once(run_dir, sentences):
     controller, terminal = pty.openpty()
-    command = [sys.executable, "-m", "translate.translate", f"run={run_dir}"]
+    command = [sys.executable, "-m", "translate", "translate", f"run={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
     os.close(terminal)
@@ -122,7 +122,7 @@ def test_interactive_terminal_gets_a_prompt_and_each_line_at_once(run_dir, sente
 def test_average_then_attention_heatmap(run_dir, sentences, tmp_path):
     assert [p.name for p in sorted(run_dir.glob("step_*.pt"))] == ["step_3.pt", "step_6.pt"]
     done = subprocess.run(
-        [sys.executable, "-m", "translate.average", f"run={run_dir}", "last=2"],
+        [sys.executable, "-m", "translate", "average", f"run={run_dir}", "last=2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -152,9 +152,11 @@ def test_attention_of_the_plain_rnn_is_a_clear_error(run_dir, tmp_path):
     shutil.copy(run_dir / "tokenizer.model", rnn_run)
     ckpt = load_checkpoint(run_dir / "best.pt")
     ckpt["config"]["model"] = OmegaConf.to_container(
-        OmegaConf.structured(ModelConfig(name="rnn", emb_dim=16, hidden_dim=16))
+        OmegaConf.structured(ModelConfig(name="rnn", enc_layers=1, dec_layers=1, emb_dim=16, hidden_dim=16))
     )
-    ckpt["model"] = build_model(ModelConfig(name="rnn", emb_dim=16, hidden_dim=16), ckpt["vocab_size"]).state_dict()
+    ckpt["model"] = build_model(
+        ModelConfig(name="rnn", enc_layers=1, dec_layers=1, emb_dim=16, hidden_dim=16), ckpt["vocab_size"]
+    ).state_dict()
     ckpt.pop("ema", None)  # the trained run's moving average is of the other model
     save_checkpoint(ckpt, rnn_run / "best.pt")
     png = tmp_path / "a.png"

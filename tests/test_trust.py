@@ -156,7 +156,7 @@ def test_a_hostile_checkpoint_makes_evaluation_touch_no_network_and_leak_nothing
 
     run = make_run(tmp_path / "hostile", hostile)
     env = {"TRANSLATE_TEST_SECRET": secret, "TRANSLATE_ALLOW_LOCAL_HTTP": "1", "TRANSLATE_DATA_DIR": ""}
-    done = run_command("-m", "translate.evaluate", f"run={run}", env=env)
+    done = run_command("-m", "translate", "eval", f"run={run}", env=env)
     server.shutdown()
     assert done.returncode != 0 and requests == []
     error = done.stderr.strip().splitlines()[-1]

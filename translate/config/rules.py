@@ -128,10 +128,13 @@ RULES: dict[str, Rule] = {
         "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16"
     ),
 }
-DEFAULTS = OmegaConf.structured(TrainConfig)
-OTHER_DEFAULTS = {"engine": TranslateConfig.engine, "quantization": ExportConfig.quantization, "out": AverageConfig.out}
-OTHER_DEFAULTS |= {k: getattr(ServeConfig, k) for k in RULES if hasattr(ServeConfig, k)}  # the server's settings
 ABSENT = object()
+# each command's schema, where a broken value's default is looked up (the first that has the key)
+SCHEMAS = [OmegaConf.structured(s) for s in (TrainConfig, ServeConfig, TranslateConfig, ExportConfig, AverageConfig)]
+
+
+def default_of(key: str):
+    return next((v for s in SCHEMAS if (v := OmegaConf.select(s, key, default=ABSENT)) is not ABSENT), None)
 
 
 def broken_rules(cfg) -> list[str]:
@@ -147,8 +150,7 @@ def broken_rules(cfg) -> list[str]:
         except TypeError:
             ok = False
         if not ok:
-            default = OmegaConf.select(DEFAULTS, key, default=OTHER_DEFAULTS.get(key))
-            broken.append(f"{key}={value} ({what}; default {default})")
+            broken.append(f"{key}={value} ({what}; default {default_of(key)})")
     return broken
 
 

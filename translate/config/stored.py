@@ -21,11 +21,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from translate.config.rules import SAFE_NAME, broken_relations, broken_rules
-from translate.config.schema import DataConfig, TrainConfig
-from translate.data.corpus import PROJECT_ROOT
+from translate.config.schema import CONFIG_DIR, DataConfig, saved_train_config
 from translate.data.tokenizer import PAD
 from translate.models import build_model
 from translate.runtime.checkpoints import CheckpointError
+from translate.runtime.files import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ SCALARS = (str, int, float, bool, type(None))
 # where a corpus is: taken from the command and the project, never from a stored config
 LOCATION_KEYS = ("dir", "url", "download_dir", "hub", "hub_config", "hub_revision", "sha256")
 LOCATION_KEYS += ("max_download_mb", "download_minutes", "store_dir")
-PROJECT_DATA = PROJECT_ROOT / "configs" / "data"
+PROJECT_DATA = CONFIG_DIR / "data"
 REFUSED = "refused: a checkpoint's settings are data, checked before use (docs/security.md)"
 
 
@@ -102,7 +102,7 @@ def stored_config(saved, origin: str | Path) -> DictConfig:
     if bad:
         raise CheckpointError(f"{origin}: stored config key {printable(bad[0])}; {REFUSED}")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(saved))
+        cfg = saved_train_config(OmegaConf.create(saved))
         broken = broken_rules(cfg) or broken_relations(cfg)
     except Exception as e:  # omegaconf's ValidationError, ConfigKeyError, … for a key or type the schema refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -112,6 +112,12 @@ def stored_config(saved, origin: str | Path) -> DictConfig:
     if broken:
         raise CheckpointError(f"{origin}: stored config has {printable(broken[0])}; {REFUSED}")
     return cfg
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The training config in a run's config.yaml, read and checked as stored_config does."""
+    path = Path(run_dir) / "config.yaml"
+    return stored_config(read_yaml(path), path)
 
 
 def model_for_weights(model_cfg, vocab_size, weights: dict, origin: str | Path) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""Serve a trained Transformer with CTranslate2: `python -m translate.export run=<run dir> [quantization=int8]`.
+"""Serve a trained Transformer with CTranslate2: `translate export run=<run dir> [quantization=int8]`.
 
 Export writes <run>/ct2/ (quantization=none) or <run>/ct2-<quantization>/, a directory CTranslate2 loads
 as it is: model.bin and config.json (a `TransformerSpec` filled from our weights), shared_vocabulary.json

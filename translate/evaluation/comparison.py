@@ -1,6 +1,6 @@
 """Compare finished runs: a markdown table, a JSON of the same figures and the BLEU-vs-length plot.
 
-`python -m translate.report RUN_DIR… [--out DIR]` reads each run's
+`translate report RUN_DIR… [--out DIR]` reads each run's
 train_summary.json, eval/test.json and the probe's texts eval/test_probe.{src,ref,hyp}
 (written by training and evaluation) and never loads weights.  Hydra multirun calls
 `ReportCallback` when a sweep ends.

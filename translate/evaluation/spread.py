@@ -1,6 +1,6 @@
 """The comparison over seeds: how much of a result is the seed's.
 
-`python -m translate.seeds REPORT… [--out DIR]` reads the report.json of each seed's comparison (written by
+`translate seeds REPORT… [--out DIR]` reads the report.json of each seed's comparison (written by
 evaluation.comparison; a report directory works too) and gives, per model and length bucket, the mean and standard
 deviation of BLEU over the seeds; the growth of each attention model's lead over `rnn` as mean ± std beside
 every seed's own paired-bootstrap interval; and the figure with a band (min to max over seeds) around each

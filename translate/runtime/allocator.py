@@ -3,9 +3,10 @@
 PyTorch on a CPU frees and allocates activations of new shapes every step; glibc's malloc either keeps the freed
 pages (fragmented, peak memory grows) or, trimmed, hands them back and faults them in again the next step.
 tcmalloc keeps per-size free lists: on the reference Transformer 1.4-1.6x the bf16 training speed of trimmed glibc
-with less peak memory (docs/performance.md).  A process started as `python -m translate.<command>` restarts
-itself once with tcmalloc in LD_PRELOAD (the allocator must be there before the first allocation); scripts call
-`preload_tcmalloc()` themselves.  TRANSLATE_MALLOC=system keeps glibc's.  No torch import here: this runs first.
+with less peak memory (docs/performance.md).  A process started as `translate <command>`, `python -m translate
+<command>` or `python -m translate.commands.<command>` restarts itself once with tcmalloc in LD_PRELOAD (the
+allocator must be there before the first allocation); scripts call `preload_tcmalloc()` themselves.
+TRANSLATE_MALLOC=system keeps glibc's.  No torch import here: this runs first.
 """
 
 import ctypes.util
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 OPT_OUT = "TRANSLATE_MALLOC"  # =system: glibc's malloc
-COMMANDS = {f"translate.{name}" for name in ("train", "evaluate", "translate", "average", "export", "prepare")}
+TCMALLOC_COMMANDS = ("train", "eval", "translate", "average", "export", "prepare")  # those that run a model
 INSTALL_HINT = "apt install libtcmalloc-minimal4 (or conda install gperftools) for faster CPU training"
 
 
@@ -58,12 +59,16 @@ def malloc_environment(base, library: str | None) -> dict:
 
 
 def started_as_command(argv: list[str]) -> bool:
-    """Whether the interpreter's command line `argv` (sys.orig_argv) runs one of the project's commands: `-m
-    translate.<command>` before any script or `-c` (interpreter options such as -u, -W x may come first)."""
+    """Whether the interpreter's command line `argv` (sys.orig_argv) runs one of TCMALLOC_COMMANDS: `-m translate
+    <command>` or `-m translate.commands.<command>` before any script or `-c` (interpreter options such as -u, -W x
+    may come first).  The `translate` console script calls preload_tcmalloc itself (translate/__main__.py)."""
     words = iter(argv[1:])
     for word in words:
         if word == "-m":
-            return next(words, None) in COMMANDS
+            module = next(words, None) or ""
+            if module == "translate":
+                return next(words, None) in TCMALLOC_COMMANDS
+            return module.startswith("translate.commands.") and module.split(".")[-1] in TCMALLOC_COMMANDS
         if word in ("-W", "-X"):
             next(words, None)
         elif not word.startswith("-") or word.startswith("-c"):

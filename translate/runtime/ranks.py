@@ -1,6 +1,6 @@
 """Data parallelism with torchrun: one process (rank) per device, PyTorch's DistributedDataParallel.
 
-    torchrun --standalone --nproc_per_node=N -m translate.train …      (or: make train NPROC=N)
+    torchrun --standalone --nproc_per_node=N -m translate train …      (or: make train NPROC=N)
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (under SLURM, submitit sets them from SLURM's variables);
 the process group uses nccl on CUDA and gloo on CPU.

@@ -1,4 +1,4 @@
-"""The HTTP API and the page, on FastAPI: what `make serve` runs (translate/serve.py).
+"""The HTTP API and the page, on FastAPI: what `make serve` runs (translate/commands/serve.py).
 
     GET  /                  the page: a sentence, every loaded model's translation and attention side by side
     GET  /healthz           {"status": "ok", "models": [...], "queue": waiting requests, ...}

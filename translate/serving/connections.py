@@ -1,4 +1,4 @@
-"""Connections bounded where uvicorn leaves them open: what `make serve` runs its HTTP on (translate/serve.py).
+"""Connections bounded where uvicorn leaves them open: what `make serve` runs its HTTP on (translate/commands/serve.py).
 
     uvicorn.run(app, http=protocol_with(ConnectionBounds(...)), backlog=backlog(n), ...)
 

@@ -1,4 +1,4 @@
-"""Average checkpoints: `python -m translate.average run=<run dir> [last=5] [out=averaged]`.
+"""Average checkpoints: `translate average run=<run dir> [last=5] [out=averaged]`.
 
 The model weights of the newest `last` numbered checkpoints (step_<N>.pt, kept by training
 when trainer.keep_last > 0) are averaged, often worth a little BLEU over any single one

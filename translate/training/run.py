@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from translate.config.stored import stored_config
+from translate.config.stored import run_config, stored_config
 from translate.runtime.checkpoints import CheckpointError, load_checkpoint
 from translate.runtime.errors import ConfigError
-from translate.runtime.files import read_yaml, refuse_planted_links, remove_partial_writes, write_text
+from translate.runtime.files import refuse_planted_links, remove_partial_writes, write_text
 from translate.runtime.ranks import Distributed
 from translate.runtime.signals import GracefulStop, TrainingStopped
 from translate.training.trainer import Trainer
@@ -54,7 +54,7 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     """resume=auto continues or skips the run in `run_dir` only if it was started with the same settings."""
     if not (run_dir / "config.yaml").exists():
         return
-    saved = stored_config(read_yaml(run_dir / "config.yaml"), run_dir / "config.yaml")
+    saved = run_config(run_dir)
     changed = changed_settings(sections(saved), sections(cfg))
     if changed:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Prepare a corpus ahead of training: `python -m translate.prepare [data=…]` (make prepare).
+"""Prepare a corpus ahead of training: `translate prepare [data=…]` (make prepare).
 
 Trains (or finds) the tokenizer and encodes the training split into its memory-mapped token store on all
 cores, with progress bars; `make train` with the same data then starts from both at once.  It takes the
@@ -11,14 +11,14 @@ import hydra
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.data.pipeline import prepare_data
 from translate.runtime.errors import one_line_errors
 
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="prepare")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="prepare")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)

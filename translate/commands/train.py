@@ -1,4 +1,4 @@
-"""Train a model: `python -m translate.train model=rnn_attention trainer.max_epochs=5` (any Hydra override)."""
+"""Train a model: `translate train model=rnn_attention trainer.max_epochs=5` (any Hydra override)."""
 
 import logging
 import os
@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.evaluation.evaluator import evaluate, format_result
 from translate.runtime.checkpoints import CheckpointError
 from translate.runtime.errors import one_line_errors
@@ -42,7 +42,7 @@ def resume_command(run_dir: Path) -> str:
     return shlex.join(["make", "train", *([f"NPROC={ranks}"] if ranks > 1 else []), *kept, f"resume={run_dir}"])
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="train")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)

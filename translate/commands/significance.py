@@ -1,14 +1,14 @@
-"""Are the runs' differences more than chance: `python -m translate.significance RUN_DIR… [--out DIR] [--eval-name N]`.
+"""Are the runs' differences more than chance: `translate significance RUN_DIR… [--out DIR] [--eval-name N]`.
 
 The first run is the baseline; each other run's evaluated hypotheses are compared with its on the same references
 (eval/<name>.{hyp,ref}) by sacreBLEU's paired bootstrap resampling and approximate randomisation, for BLEU, chrF and
-chrF++; writes significance.{md,json} (translate/evaluation/significance.py says what they hold).
+chrF++; writes significance.{md,json} (translate/evaluation/paired_tests.py says what they hold).
 """
 
 import argparse
 from pathlib import Path
 
-from translate.evaluation.significance import write_significance
+from translate.evaluation.paired_tests import write_significance
 from translate.runtime.errors import one_line_errors
 
 

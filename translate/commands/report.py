@@ -1,4 +1,4 @@
-"""Compare finished runs: `python -m translate.report RUN_DIR… [--out DIR]`.
+"""Compare finished runs: `translate report RUN_DIR… [--out DIR]`.
 
 Writes report.{md,json} and bleu_vs_length.png from the runs' summaries and evaluations (eval/test.json, or
 eval/<name>.json with --eval <name>: `--eval valid` compares candidates on the validation set and its probe),

@@ -1,4 +1,4 @@
-"""The spread of finished comparisons over seeds: `python -m translate.seeds REPORT… [--out DIR]`.
+"""The spread of finished comparisons over seeds: `translate seeds REPORT… [--out DIR]`.
 
 Reads each seed's report.json (or its directory) and writes seeds.{md,json} and the band figure
 (translate/evaluation/spread.py says what they hold).

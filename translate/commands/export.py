@@ -1,4 +1,4 @@
-"""Export a Transformer run for CTranslate2: `python -m translate.export run=<run dir> [quantization=int8]`.
+"""Export a Transformer run for CTranslate2: `translate export run=<run dir> [quantization=int8]`.
 
 Writes <run>/ct2/ or <run>/ct2-<quantization>/ (translate/decoding/ct2_export.py: the layout and how our
 weights map onto CTranslate2's specification); `make translate RUN=… engine=ct2` decodes with it.
@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.decoding.ct2_export import METADATA, directory_size, export_run
 from translate.runtime.errors import one_line_errors
 
@@ -25,7 +25,7 @@ register_configs()
 # ---- export -----------------------------------------------------------------------------------------------------
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="export")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="export")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)

@@ -1,4 +1,4 @@
-"""Serve trained runs over HTTP: `python -m translate.serve run=<run dir> ['runs=[<run dir>, …]'] [port=8000]`.
+"""Serve trained runs over HTTP: `translate serve run=<run dir> ['runs=[<run dir>, …]'] [port=8000]`.
 
 FastAPI on uvicorn, 127.0.0.1:8000 by default: the JSON API (/v1/models, /v1/translate, /healthz, OpenAPI at
 /docs) and, at /, a page comparing the runs' translations and attention (translate/serving/app.py).
@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.runtime.errors import ConfigError, one_line_errors
 from translate.serving.app import Hosts, Limits, create_app, is_loopback, report_figure
 from translate.serving.batcher import Batcher, Options
@@ -29,7 +29,7 @@ log = logging.getLogger("translate.serve")
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="serve")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="serve")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     import uvicorn

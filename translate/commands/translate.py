@@ -1,4 +1,4 @@
-"""Translate text: `python -m translate.translate run=<run dir> [eval.beam_size=5] [attention=out.png] < in > out`.
+"""Translate text: `translate translate run=<run dir> [eval.beam_size=5] [attention=out.png] < in > out`.
 
 Reads raw sentences from stdin, one per line, and writes detokenized translations to
 stdout, one per line and in order — always: an empty line gives an empty line, bytes that
@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.data.corpus import MAX_LINE_BYTES, read_bounded_line
 from translate.decoding.ct2 import load_export
 from translate.decoding.inference import attention_of, load_run, translate_safely
@@ -181,7 +181,7 @@ def run(cfg: DictConfig) -> int:
     return failed
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="translate")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="translate")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)

@@ -1,4 +1,4 @@
-"""Average checkpoints: `python -m translate.average run=<run dir> [last=5] [out=averaged]`.
+"""Average checkpoints: `translate average run=<run dir> [last=5] [out=averaged]`.
 
 Writes <run>/<out>.pt, the mean weights of the newest `last` step_<N>.pt (translate/training/averaging.py).
 """
@@ -9,14 +9,14 @@ import hydra
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.runtime.errors import one_line_errors
 from translate.training.averaging import average_run
 
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="average")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="average")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(message)s", level=logging.INFO)

@@ -1,4 +1,4 @@
-"""Evaluate a trained run: `python -m translate.evaluate run=<run dir> [eval.src=… eval.ref=…] [data.dir=…]`.
+"""Evaluate a trained run: `translate eval run=<run dir> [eval.src=… eval.ref=…] [data.dir=…]`.
 
 Decodes the test split (or any pair of plain-text files) and scores it with sacreBLEU: BLEU, chrF,
 chrF++ and TER with their signatures, BLEU by source length on the set and on its long-sentence probe
@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from translate.config.rules import check_config
-from translate.config.schema import register_configs
+from translate.config.schema import CONFIG_DIR, register_configs
 from translate.evaluation.evaluator import evaluate, format_result
 from translate.runtime.errors import one_line_errors
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="eval")
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="eval")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
