@@ -34,6 +34,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 import yaml
+from measure import run_measured
 
 from translate.config.stored import run_config
 from translate.evaluation.tables import markdown_table
@@ -49,17 +50,14 @@ DEV_SENTENCES = 100  # decoded at the one validation, at the end of training; bo
 OURS = {"transformer": "model=transformer_ref", "rnn_attention": "model=rnn_attention_ref"}
 
 
-def run_measured(command: list[str], log: Path, cwd: Path = ROOT, env: dict | None = None) -> tuple[float, float]:
+def run_logged(command: list[str], log: Path, cwd: Path = ROOT, env: dict | None = None) -> tuple[float, float]:
     """Run `command` (output to `log`); its wall seconds and its own peak RSS in MiB, from the kernel."""
-    started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
+        done = run_measured(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
         tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{' '.join(map(str, command[:4]))} … failed ({process.returncode}); {log}:\n{tail}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+        raise RuntimeError(f"{' '.join(map(str, command[:4]))} … failed ({done.returncode}); {log}:\n{tail}")
+    return done.seconds, done.peak_rss_mib
 
 
 # ---- JoeyNMT's side ------------------------------------------------------------------------------------------
@@ -101,11 +99,13 @@ def joeynmt_data(cfg, tokenizer_model: Path, work: Path, dev: int) -> dict:
     return {"dir": out, "vocab": out / "vocab.txt", "spm": tokenizer_model, "refs": out / f"test.{cfg.data.tgt_lang}"}
 
 
-def joeynmt_config(name: str, data: dict, cfg, updates: int, beam: int, model_dir: Path) -> dict:
+def joeynmt_config(name: str, data: dict, cfg, updates: int, beam: int, model_dir: Path, edit=None) -> dict:
+    """JoeyNMT's configuration for our settings `cfg`; `edit(config)`, where given, changes it in place after
+    (scripts/gpu_check.py: CUDA and fp16, and in its dry run a tiny model)."""
     tc, d, limit = cfg.trainer, data["dir"], cfg.data.max_tokens
     tokenizer = {"tokenizer_type": "sentencepiece", "tokenizer_cfg": {"model_file": str(data["spm"])}}
     side = lambda lang: {"lang": lang, "level": "bpe", "voc_file": str(data["vocab"]), **tokenizer, "max_length": limit}
-    return {
+    config = {
         "name": f"peers_{name}",
         "joeynmt_version": "2.3.0",
         "model_dir": str(model_dir),
@@ -153,14 +153,19 @@ def joeynmt_config(name: str, data: dict, cfg, updates: int, beam: int, model_di
         },
         "model": yaml.safe_load((ROOT / "scripts" / "peers" / f"joeynmt_{name}.yaml").read_text()),
     }
+    if edit is not None:
+        edit(config)
+    return config
 
 
-def joeynmt_side(name: str, python: Path, data: dict, cfg, args) -> dict:
+def joeynmt_side(name: str, python: Path, data: dict, cfg, args, edit=None) -> dict:
+    """JoeyNMT trains and decodes (greedy, beam 5); `edit` goes to joeynmt_config."""
     model_dir, row = args.work / f"joeynmt_{name}", {"tool": "JoeyNMT 2.3", "model": name}
     config = args.work / f"joeynmt_{name}_train.yaml"
-    config.write_text(yaml.safe_dump(joeynmt_config(name, data, cfg, args.updates, 1, model_dir), sort_keys=False))
+    settings = joeynmt_config(name, data, cfg, args.updates, 1, model_dir, edit)
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
     row["allocator"], env = args.peer_malloc, joeynmt_environment(args.peer_malloc)
-    _, row["train_peak_mib"] = run_measured(
+    _, row["train_peak_mib"] = run_logged(
         [str(python), "-m", "joeynmt", "train", str(config), "--skip-test"],
         args.work / f"joeynmt_{name}_train.log",
         env=env,
@@ -170,11 +175,11 @@ def joeynmt_side(name: str, python: Path, data: dict, cfg, args) -> dict:
     refs = data["refs"].read_text().splitlines()
     for beam in (1, 5):
         config = args.work / f"joeynmt_{name}_beam{beam}.yaml"
-        config.write_text(yaml.safe_dump(joeynmt_config(name, data, cfg, args.updates, beam, model_dir)))
+        config.write_text(yaml.safe_dump(joeynmt_config(name, data, cfg, args.updates, beam, model_dir, edit)))
         seconds, peaks, hyps = [], [], args.work / f"joeynmt_{name}_beam{beam}"
         for _ in range(args.repeats):
             log = args.work / f"joeynmt_{name}_beam{beam}.log"
-            _, peak = run_measured([str(python), "-m", "joeynmt", "test", str(config), "-o", str(hyps)], log, env=env)
+            _, peak = run_logged([str(python), "-m", "joeynmt", "test", str(config), "-o", str(hyps)], log, env=env)
             # "Generation took N[sec]." once for the dev split, then once for the test split
             seconds.append(float(re.findall(r"Generation took ([\d.]+)\[sec\]", log.read_text())[-1]))
             peaks.append(peak)
@@ -217,7 +222,7 @@ def our_training(name: str, setting: str, args, tag: str) -> tuple[dict, Path]:
         f"hydra.run.dir={run}",
     ]
     shutil.rmtree(run, ignore_errors=True)  # a fresh run, not a resume
-    _, peak = run_measured(command, args.work / f"ours_{name}_{tag}_train.log")
+    _, peak = run_logged(command, args.work / f"ours_{name}_{tag}_train.log")
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     rates = [e.value for e in events.Reload().Scalars("train/tokens_per_s")]
     found = re.search(r"precision (\w+) \((.*?)\), allocator (.*)$", (run / "train.log").read_text(), re.MULTILINE)
@@ -241,7 +246,7 @@ def our_side(name: str, args) -> tuple[dict, Path]:
     for beam in (1, 5):
         command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--one", str(beam), str(run)]
         log = args.work / f"ours_{name}_beam{beam}.log"
-        run_measured([*command, "--repeats", str(args.repeats)], log)
+        run_logged([*command, "--repeats", str(args.repeats)], log)
         row[f"beam{beam}"] = json.loads(log.read_text().strip().splitlines()[-1])
     return row, run
 

@@ -11,21 +11,16 @@ peak RSS of the largest process, and the host.
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import run_measured
 
 from translate.evaluation.tables import markdown_table
 from translate.runtime.host import describe_host, host_line
 
 ROOT = Path(__file__).resolve().parents[1]
-# runs a command and prints the peak RSS (kB) of the largest process it started, ranks included
-MEASURED = (
-    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
-)
 SETTINGS = ["trainer.valid_every=100000", "trainer.valid_bleu_sentences=20", "trainer.max_minutes=0"]
 
 
@@ -35,12 +30,10 @@ def train(run_dir: Path, steps: int, ranks: int, threads: int, batch_tokens: int
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     command = [*launcher, "-m", "translate", "train", *SETTINGS, f"trainer.max_steps={steps}"]
     command += [f"trainer.threads={threads}", f"trainer.batch_tokens={batch_tokens}", f"hydra.run.dir={run_dir}"]
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURED, *command], cwd=ROOT, capture_output=True, text=True)
+    done = run_measured(command, cwd=ROOT)  # the peak of the largest process it started, ranks included
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    peak_kb = int(done.stderr.strip().splitlines()[-1])
     return {
         "ranks": ranks,
         "threads_per_rank": threads,
@@ -48,8 +41,8 @@ def train(run_dir: Path, steps: int, ranks: int, threads: int, batch_tokens: int
         "steps": summary["steps"],
         "target_tokens": summary["target_tokens"],
         "tokens_per_s": summary["tokens_per_s"],
-        "wall_s": round(time.perf_counter() - started, 1),
-        "peak_rss_mb_largest_process": round(peak_kb / 1024),
+        "wall_s": round(done.seconds, 1),
+        "peak_rss_mb_largest_process": round(done.peak_rss_mib),
     }
 
 

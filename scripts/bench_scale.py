@@ -21,14 +21,16 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from measure import proc_status_mib, run_measured
 
 from translate.evaluation.tables import markdown_table
 from translate.runtime.host import describe_host, host_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+MEMORY_FILES = ("status", "smaps_rollup")  # VmHWM, RssAnon, RssFile; Pss
 TRAIN = ["trainer.valid_every=100000", "trainer.valid_bleu_sentences=20", "trainer.max_minutes=0"]
 
 
@@ -50,20 +52,6 @@ def corpus(work: Path, times: int) -> Path:
     return directory
 
 
-def status(pid: int) -> dict[str, int]:
-    """VmHWM, RssAnon, RssFile (kB) from /proc/<pid>/status, and Pss from smaps_rollup."""
-    fields = {}
-    try:
-        for name in ("status", "smaps_rollup"):
-            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmHWM", "RssAnon", "RssFile", "Pss"):
-                    fields[key] = int(value.split()[0])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return fields
-
-
 def tree(pid: int) -> list[int]:
     """`pid` and all its descendants."""
     found, todo = [], [pid]
@@ -80,29 +68,28 @@ def tree(pid: int) -> list[int]:
 
 def measured(command: list[str], ranks: int = 1, cwd: Path = ROOT) -> dict:
     """Run `command`, sampling the memory of its Python processes every 0.2 s: per process the peaks, in MB."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peaks: dict[int, dict[str, int]] = {}
-    pss_sum = 0
-    while process.poll() is None:
-        now = {p: status(p) for p in tree(process.pid)}
-        workers = {p: s for p, s in now.items() if s and (ranks == 1 or p != process.pid)}
+    peaks: dict[int, dict[str, float]] = {}
+    pss_sum = 0.0
+
+    def sample(pid: int) -> None:
+        nonlocal pss_sum
+        now = {p: proc_status_mib(p, ("VmHWM", "RssAnon", "RssFile", "Pss"), MEMORY_FILES) for p in tree(pid)}
+        workers = {p: s for p, s in now.items() if s and (ranks == 1 or p != pid)}
         for p, s in workers.items():
             peaks[p] = {k: max(v, peaks.get(p, {}).get(k, 0)) for k, v in s.items()}
         pss_sum = max(pss_sum, sum(s.get("Pss", 0) for s in workers.values()))
-        time.sleep(0.2)
-    output = process.stdout.read()
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
-    mb = lambda kb: round(kb / 1024)  # noqa: E731
+
+    done = run_measured(command, cwd=cwd, stderr=subprocess.STDOUT, sample=sample, interval=0.2)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}")
     procs = sorted(peaks.values(), key=lambda s: -s.get("RssAnon", 0))[:ranks]
     return {
-        "wall_s": round(time.perf_counter() - started, 1),
-        "peak_rss_mb": max(mb(s.get("VmHWM", 0)) for s in procs),
-        "peak_anon_mb": [mb(s.get("RssAnon", 0)) for s in procs],
-        "peak_file_mb": [mb(s.get("RssFile", 0)) for s in procs],
-        "peak_pss_sum_mb": mb(pss_sum),
-        "output": output,
+        "wall_s": round(done.seconds, 1),
+        "peak_rss_mb": max(round(s.get("VmHWM", 0)) for s in procs),
+        "peak_anon_mb": [round(s.get("RssAnon", 0)) for s in procs],
+        "peak_file_mb": [round(s.get("RssFile", 0)) for s in procs],
+        "peak_pss_sum_mb": round(pss_sum),
+        "output": done.stdout,
     }
 
 

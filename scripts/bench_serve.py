@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from measure import proc_status_mib
 
-from translate.config.schema import EvalConfig
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import load_run, translate_lines
+from translate.decoding.options import DecodingOptions
 from translate.evaluation.tables import markdown_table
 from translate.runtime.allocator import preload_tcmalloc
 from translate.runtime.host import describe_host, host_line
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def offline(run: Path, sentences: list[str], repeats: int, alone: int) -> tuple[dict, list[str]]:
     model, tokenizer, cfg, _ = load_run(run, device="cpu")
-    ec = OmegaConf.structured(EvalConfig())
+    ec = DecodingOptions()
     translate_lines(model, tokenizer, sentences[:32], ec, language=cfg.data.src_lang)  # warm-up (oneDNN primitives)
     times, outputs = [], []
     for _ in range(repeats):
@@ -91,8 +91,8 @@ def start_server(runs: list[Path], port: int) -> subprocess.Popen:
 
 def memory_mib(pid: int) -> dict:
     """VmRSS (now) and VmHWM (peak) of a process, MiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {key: round(int(fields[key].split()[0]) / 1024, 1) for key in ("VmRSS", "VmHWM")}
+    fields = proc_status_mib(pid, ("VmRSS", "VmHWM"))
+    return {key: round(fields[key], 1) for key in ("VmRSS", "VmHWM")}
 
 
 async def one_client(port: int, name: str, texts: list[str], part: list[int], results: list) -> None:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shlex
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ import torch
 from translate.evaluation.tables import markdown_table
 from translate.runtime.allocator import describe_allocator, malloc_environment, preload_tcmalloc
 from translate.runtime.host import describe_host, host_line
+from translate.training.throughput import measure_matmul_gflops, peak_memory_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference architectures today (tests/test_configs.py)
@@ -42,30 +42,6 @@ DEFAULT_TRAIN = [  # model=rnn_attention / transformer are the reference archite
     "model=transformer_ref trainer.precision=fp32",
     "model=transformer_ref trainer.precision=bf16",
 ]
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def matmul_peak_gflops(dtype: torch.dtype, max_size: int = 2048, repeats: int = 5, slow_s: float = 0.25) -> float:
-    """Median GFLOP/s of a square matmul: the ceiling MFU is measured against.  The size doubles from 512 up to
-    `max_size` while one product takes under `slow_s` (emulated bf16 on an AVX2-only CPU takes seconds at 2048)."""
-    size = 256
-    while True:
-        size *= 2
-        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-        a @ b  # warm-up (oneDNN primitive creation)
-        started = time.perf_counter()
-        a @ b
-        if size >= max_size or time.perf_counter() - started > slow_s:
-            break
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def compose_settings(setting: str, steps: int):
@@ -79,7 +55,13 @@ def compose_settings(setting: str, steps: int):
         overrides.append("trainer.concat_prob=0.0")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(
-            config_name="train", overrides=[*overrides, f"trainer.max_steps={steps}", "trainer.max_minutes=0"]
+            config_name="train",
+            overrides=[
+                *overrides,
+                f"trainer.max_steps={steps}",
+                "trainer.max_minutes=0",
+                "trainer.valid_every=1000000",
+            ],
         )
     cfg.resume = None
     return cfg
@@ -92,22 +74,6 @@ def random_batches(trainer) -> list:
     order = torch.randperm(len(trainer.data.store), generator=torch.Generator().manual_seed(0)).tolist()
     lengths = trainer.data.store.lengths
     return [[(order[j],) for j in b] for b in token_batches([int(lengths[i]) for i in order], trainer.tc.batch_tokens)]
-
-
-def flops_per_target_token(trainer, examples: list, sample: int = 16) -> float:
-    """Model FLOPs (forward + backward) per target token, counted sentence by sentence (no padding)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    flops, tokens = 0, 0
-    for example in examples[:sample]:
-        batch = trainer.collate([example])
-        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # MATH: SDPA as countable matmuls
-            loss, _ = trainer.update.loss(batch, eager=True)  # the eager model, compiled or not
-            loss.backward()
-        flops, tokens = flops + counter.get_total_flops(), tokens + batch.num_tgt_tokens
-    trainer.update.optimizer.zero_grad(set_to_none=True)
-    return flops / tokens
 
 
 def where_time_goes(trainer, batches: list, top: int = 12) -> list[dict]:
@@ -133,43 +99,58 @@ def where_time_goes(trainer, batches: list, top: int = 12) -> list[dict]:
     ]
 
 
-def bench_train(setting: str, steps: int, warmup: int, profile_steps: int = 0) -> dict:
+class UpdateClock:
+    """A trainer callback (translate/training/trainer.py): each update's target tokens/s after `warmup` updates, from
+    the end of the one before to its own end (batch building, the update, the loop's own work), its batch building
+    time and padding; asks the trainer to stop (GracefulStop's `requested`) after warmup + steps updates."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device):
+        self.warmup, self.last_step, self.requested = warmup, warmup + steps, False
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.rates, self.build_ms, self.real, self.padded, self.since = [], [], 0, 0, time.perf_counter()
+
+    def __call__(self, trainer, report) -> None:
+        self.sync()
+        now = time.perf_counter()
+        if report.step > self.warmup:
+            self.rates.append(report.tokens / (now - self.since))
+            self.build_ms.append(1000 * report.batch_seconds)
+            self.real, self.padded = self.real + report.tokens, self.padded + report.padded_tokens
+        self.since, self.requested = now, report.step >= self.last_step
+
+
+def bench_train(setting: str, steps: int, warmup: int, profile_steps: int = 0, callbacks=()) -> dict:
+    """One training row: `steps` updates after `warmup`, measured by the trainer's own loop (UpdateClock); the
+    trainer's FLOPs per token; `callbacks` see the updates too."""
     from translate.training.trainer import Trainer
 
-    cfg = compose_settings(setting, warmup + steps)
+    cfg = compose_settings(setting, warmup + steps + 1)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, tmp)
-        order = random_batches(trainer) if "batching=random" in setting else trainer.epoch_batches()
-        flops = flops_per_target_token(trainer, order[0])
-        rates, collate_ms, real, padded = [], [], 0, 0
-        for i in range(warmup + steps):
-            started = time.perf_counter()
-            batch = trainer.collate(order[i % len(order)])
-            built = time.perf_counter()
-            trainer.update.step([(batch, 1.0)], batch.num_tgt_tokens)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                rates.append(batch.num_tgt_tokens / (time.perf_counter() - started))
-                collate_ms.append(1000 * (built - started))
-                real, padded = real + batch.num_tgt_tokens, padded + batch.tgt_out.numel()
+        trainer = Trainer(cfg, tmp, callbacks=callbacks)
+        clock = UpdateClock(warmup, steps, trainer.device)
+        trainer.callbacks.append(clock)
+        if "batching=random" in setting:
+            order = random_batches(trainer)
+            trainer.epoch_batches = lambda: order
+        trainer.fit(stop=clock)  # stopped by the clock: neither validated nor saved
+        order = trainer.epoch_batches()
         profiled = (
             where_time_goes(trainer, [order[(warmup + steps + k) % len(order)] for k in range(profile_steps)])
             if profile_steps
             else None
         )
         trainer.close()
-    tokens_per_s = statistics.median(rates)
+    tokens_per_s = statistics.median(clock.rates)
     return {
         **({"profile": profiled} if profiled else {}),
         "parameters": trainer.num_parameters,
         "precision": trainer.precision,
         "threads": torch.get_num_threads(),
         "train_tokens_per_s": round(tokens_per_s, 1),
-        "collate_ms": round(statistics.median(collate_ms), 2),
-        "target_padding": round(1 - real / padded, 4),
-        "gflops_per_token": round(flops / 1e9, 4),
-        "model_tflops": round(flops * tokens_per_s / 1e12, 4),
+        "collate_ms": round(statistics.median(clock.build_ms), 2),
+        "target_padding": round(1 - clock.real / clock.padded, 4),
+        "gflops_per_token": round(trainer.flops_per_token / 1e9, 4),
+        "model_tflops": round(trainer.flops_per_token * tokens_per_s / 1e12, 4),
     }
 
 
@@ -182,11 +163,13 @@ def bench_decode(run: Path, beam: int, repeats: int, engine: str = "torch") -> d
     from translate.config.schema import EvalConfig
     from translate.data.pipeline import load_split
     from translate.decoding.inference import load_run, translate_texts
+    from translate.decoding.options import DecodingOptions
 
     model, tokenizer, cfg, _ = load_run(run)
     ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"beam_size": beam})
     test = load_split(cfg.data, "test")
-    decode = lambda: translate_texts(model, tokenizer, test.src, ec, progress=False)
+    options = DecodingOptions.of(ec)
+    decode = lambda: translate_texts(model, tokenizer, test.src, options, progress=False)
     if engine != "torch":
         from translate.decoding.ct2 import load_export
         from translate.decoding.ct2_export import METADATA, export_dir, export_run
@@ -196,7 +179,7 @@ def bench_decode(run: Path, beam: int, repeats: int, engine: str = "torch") -> d
             export_run(run, ec.checkpoint, quantization)
         del model
         ct2 = load_export(run, quantization, ec)
-        decode = lambda: translate_texts(ct2, ct2.tokenizer, test.src, ec, progress=False)
+        decode = lambda: translate_texts(ct2, ct2.tokenizer, test.src, options, progress=False)
     times, outputs = [], None
     for _ in range(repeats):
         started = time.perf_counter()
@@ -238,12 +221,15 @@ def run_isolated(args: list[str], env: dict | None = None) -> dict:
 
 def measure_one(what: str, target: str, args) -> dict:
     if what == "peak":
-        result = {dtype: round(matmul_peak_gflops(getattr(torch, dtype)), 1) for dtype in ("float32", "bfloat16")}
+        cpu = torch.device("cpu")
+        result = {
+            dtype: round(measure_matmul_gflops(getattr(torch, dtype), cpu), 1) for dtype in ("float32", "bfloat16")
+        }
     elif what == "train":
         result = bench_train(target, args.train_steps, args.warmup, args.profile)
     else:
         result = bench_decode(Path(target), int(what), args.repeats, args.engine)
-    return {**result, "peak_rss_mib": round(peak_rss_mib(), 1), "allocator": describe_allocator()}
+    return {**result, "peak_rss_mib": round(peak_memory_mib(torch.device("cpu")), 1), "allocator": describe_allocator()}
 
 
 def markdown(machine: dict, train_rows: list[dict], decode_rows: list[dict], args) -> str:

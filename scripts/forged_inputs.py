@@ -17,11 +17,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
+from measure import run_measured
 
 from translate.evaluation.metrics import corpus_scores
 
@@ -147,22 +146,14 @@ def measure(name: str, timeout: float, memory_gb: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         command = make(Path(tmp) / "run")
         env = {**os.environ, "TRANSLATE_MALLOC": "system", "PYTHONPATH": str(ROOT)}
-        start = time.perf_counter()
-        child = subprocess.Popen(
-            command, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=limit_memory(memory_gb),
-        )  # fmt: skip
-        timer = threading.Timer(timeout, child.kill)
-        timer.start()
-        output = child.stdout.read()
-        _, code, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all so far
-        timer.cancel()
-        seconds = time.perf_counter() - start
-    status = os.waitstatus_to_exitcode(code)
+        done = run_measured(
+            command, cwd=tmp, env=env, timeout=timeout, stderr=subprocess.STDOUT, preexec_fn=limit_memory(memory_gb)
+        )  # this child's own peak, not the largest of all so far
+    status, seconds, output = done.returncode, done.seconds, done.stdout
     status = f"killed at {timeout:.0f} s" if status == -9 and seconds >= timeout else status
     lines = [line for line in output.strip().splitlines() if line.strip()]
     return {"case": name, "what": what, "status": status, "seconds": round(seconds, 2),
-            "peak_mb": round(usage.ru_maxrss / 1024), "last_line": (lines[-1] if lines else "")[:160]}  # fmt: skip
+            "peak_mb": round(done.peak_rss_mib), "last_line": (lines[-1] if lines else "")[:160]}  # fmt: skip
 
 
 def main() -> None:

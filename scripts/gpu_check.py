@@ -157,24 +157,23 @@ def bench_one(setting: str, steps: int, warmup: int) -> None:
     import benchmark
     import torch
 
-    cuda = torch.cuda.is_available() and "trainer.device=cpu" not in setting
-    meter, count = Utilisation() if cuda else None, benchmark.flops_per_target_token
+    from translate.training.throughput import peak_memory_mib
 
-    def counted(*args, **kwargs):
-        flops = count(*args, **kwargs)
-        if cuda:
+    cuda = torch.cuda.is_available() and "trainer.device=cpu" not in setting
+    meter = Utilisation() if cuda else None
+
+    def first_update(trainer, report):  # the trainer's callback: from the end of its first update on
+        if cuda and report.step == 1:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             meter.start()
-        return flops
 
-    benchmark.flops_per_target_token = counted
-    row = benchmark.bench_train(setting, steps, warmup)
+    row = benchmark.bench_train(setting, steps, warmup, callbacks=[first_update])
     if cuda:
         row |= meter.stop()
         row["peak_gpu_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         row["peak_gpu_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-    row["peak_rss_mib"] = round(benchmark.peak_rss_mib(), 1)
+    row["peak_rss_mib"] = round(peak_memory_mib(torch.device("cpu")), 1)
     print(json.dumps(row))
 
 
@@ -184,9 +183,9 @@ def matmul_peaks() -> dict:
     import torch
 
     if not torch.cuda.is_available() or DRY:
-        import benchmark
+        from translate.training.throughput import measure_matmul_gflops
 
-        return {"float32": round(benchmark.matmul_peak_gflops(torch.float32, max_size=512) / 1000, 3)}
+        return {"float32": round(measure_matmul_gflops(torch.float32, torch.device("cpu"), largest=512) / 1000, 3)}
     peaks, n = {}, 8192
     for dtype in (torch.bfloat16, torch.float16):
         a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
@@ -233,6 +232,17 @@ def bench() -> None:
 
 
 # ---- peers ----------------------------------------------------------------------------------------------------
+def joeynmt_on_this_gpu(config: dict) -> None:
+    """bench_peers.py's JoeyNMT configuration, changed for this check: CUDA and fp16 (in the dry run neither, and the
+    tiny model ours trains)."""
+    config["use_cuda"] = config["fp16"] = not DRY
+    if DRY:
+        tiny = {"num_layers": 1, "num_heads": 2, "hidden_size": 64, "ff_size": 128}
+        tiny["embeddings"] = {"embedding_dim": 64, "scale": True}
+        for side in ("encoder", "decoder"):
+            config["model"][side] = {**config["model"][side], **tiny}
+
+
 def peers() -> None:
     """bench_peers.py's two sides for the reference Transformer on this GPU, in this one run: ours (precision auto,
     i.e. bf16 on the GPU, and fp16) and JoeyNMT 2.3 with fp16 (its `fp16: true`), the same data, tokenizer,
@@ -248,19 +258,6 @@ def peers() -> None:
         args.overrides += [*TINY_MODEL.split(), "trainer.device=cpu", "trainer.precision=fp32"]
         args.overrides += ["trainer.batch_tokens=1024", "data.test_limit=20"]
     args.work.mkdir(parents=True, exist_ok=True)
-    make_config = bp.joeynmt_config
-
-    def joeynmt_on_this_gpu(*a, **k):
-        config = make_config(*a, **k)
-        config["use_cuda"] = config["fp16"] = not DRY
-        if DRY:  # the tiny model ours trains in the dry run
-            tiny = {"num_layers": 1, "num_heads": 2, "hidden_size": 64, "ff_size": 128}
-            tiny["embeddings"] = {"embedding_dim": 64, "scale": True}
-            for side in ("encoder", "decoder"):
-                config["model"][side] = {**config["model"][side], **tiny}
-        return config
-
-    bp.joeynmt_config = joeynmt_on_this_gpu
     ours, run_dir = bp.our_side("transformer", args)
     append("peers", ours)
     print("  " + json.dumps(ours), flush=True)
@@ -270,7 +267,7 @@ def peers() -> None:
     meta = {"updates": updates, "batch_tokens": cfg.trainer.batch_tokens, "test_sentences": sentences}
     (WORK / "peers_meta.json").write_text(json.dumps(meta) + "\n")
     try:
-        peer = bp.joeynmt_side("transformer", WORK / "joeynmt-python", data, cfg, args)
+        peer = bp.joeynmt_side("transformer", WORK / "joeynmt-python", data, cfg, args, joeynmt_on_this_gpu)
     except Exception as e:  # noqa: BLE001 - ours in fp16 still to measure; the section fails at the end
         failed = e
         print(f"  JoeyNMT: {e}", flush=True)
@@ -362,11 +359,11 @@ def verdict(value, least) -> str:
     return "met" if value >= least else f"missed ({value:.2f} against {least:g})"
 
 
-def report() -> None:
-    from translate.evaluation.tables import markdown_table
-
+def figures() -> dict:
+    """Every section's results, read back from WORK and OUT, with the ratios to JoeyNMT and the targets' verdicts:
+    gpu_figures.json."""
     info = json.loads((WORK / "env.json").read_text()) if (WORK / "env.json").exists() else {}
-    tests, bench_rows, peer_rows, ttb_rows = pytest_result(), read("bench"), read("peers"), read("ttb")
+    bench_rows, peer_rows, ttb_rows = read("bench"), read("peers"), read("ttb")
     peaks = json.loads((WORK / "peaks.json").read_text()) if (WORK / "peaks.json").exists() else {}
     joey = next((r for r in peer_rows if r.get("tool") != "translate" and "train_tokens_per_s" in r), None)
     ours = [r for r in peer_rows if r.get("tool") == "translate"]
@@ -375,6 +372,22 @@ def report() -> None:
 
         for row in ours:
             row["ratios"] = bp.ratios(row, joey)
+    return {
+        "env": info,
+        "sections": sections(),
+        "tests": pytest_result(),
+        "matmul_peak_tflops": peaks,
+        "train": bench_rows,
+        "peers": peer_rows,
+        "time_to_bleu": next((r for r in ttb_rows if "summary" in r), None),
+        "ttb_decoding": {r["beam"]: r for r in ttb_rows if "beam" in r},
+        "targets": targets(ours, bench_rows),
+        "dry": DRY,
+    }
+
+
+def targets(ours: list[dict], bench_rows: list[dict]) -> list[dict]:
+    """TARGETS, each with what was measured and its verdict, and whether GPU utilisation was reported."""
     default = next((r for r in ours if "beam5" in r), None)
     base = next((r for r in bench_rows if r.get("name") == "transformer_base" and r.get("precision") == "bf16"), None)
     measured = {
@@ -382,35 +395,23 @@ def report() -> None:
         "mfu": base.get("mfu") if base else None,
         "beam5": default["ratios"].get("beam5") if default and "ratios" in default else None,
     }
-    targets = [
+    found = [
         {"target": what, "least": least, "measured": measured[key], "verdict": verdict(measured[key], least)}
         for key, (what, least) in TARGETS.items()
     ]
     utils = [r.get("gpu_util_percent") for r in bench_rows if r.get("gpu_util_percent") is not None]
-    targets.append(
+    found.append(
         {
             "target": "GPU utilisation over the timed window, reported",
             "measured": utils or None,
             "verdict": "reported" if utils else "not measured",
         }
     )
-    ttb_run = next((r for r in ttb_rows if "summary" in r), None)
-    ttb_decode = {r["beam"]: r for r in ttb_rows if "beam" in r}
-    figures = {
-        "env": info,
-        "sections": sections(),
-        "tests": tests,
-        "matmul_peak_tflops": peaks,
-        "train": bench_rows,
-        "peers": peer_rows,
-        "time_to_bleu": ttb_run,
-        "ttb_decoding": ttb_decode,
-        "targets": targets,
-        "dry": DRY,
-    }
-    (OUT / "gpu_figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return found
 
-    md = []
+
+def header_section(info: dict, sections: list[dict]) -> list[str]:
+    """The GPU, its software, the date and source; the check's total seconds."""
     head = f"**{info.get('gpu', 'no GPU (dry run on a CPU)')}**"
     if info.get("gpu"):
         head += (
@@ -421,15 +422,18 @@ def report() -> None:
         f"; torch {info.get('torch')}, Triton {info.get('triton')}, Python {info.get('python')}; "
         f"{info.get('date')}; source: {'; '.join(info.get('source') or [info.get('commit') or 'unknown'])}."
     )
-    total = sum(int(s["seconds"]) for s in figures["sections"] if s["seconds"].isdigit())
-    md += [
+    total = sum(int(s["seconds"]) for s in sections if s["seconds"].isdigit())
+    return [
         head,
         "",
         f"`scripts/gpu_check.sh`{' (GPU_CHECK_DRY=1: plumbing only, no GPU figures)' if DRY else ''}, "
         f"{total} s in its sections.",
         "",
     ]
-    md += ["### CUDA tests (`pytest -m cuda tests/test_cuda.py`)", ""]
+
+
+def tests_section(tests: dict) -> list[str]:
+    md = ["### CUDA tests (`pytest -m cuda tests/test_cuda.py`)", ""]
     if tests.get("ran"):
         md.append(
             f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
@@ -438,7 +442,13 @@ def report() -> None:
         md += [f"- {t['kind']}: `{t['test']}`: {t['message']}" for t in tests["not_passed"]]
     else:
         md.append("not run")
-    md += ["", "### Training speed (`scripts/benchmark.py`'s `bench_train`, Multi30k de→en, 8,000 pieces)", ""]
+    return md
+
+
+def training_section(peaks: dict, bench_rows: list[dict]) -> list[str]:
+    from translate.evaluation.tables import markdown_table
+
+    md = ["", "### Training speed (`scripts/benchmark.py`'s `bench_train`, Multi30k de→en, 8,000 pieces)", ""]
     if peaks:
         md.append(
             f"Matmul peak measured here ({'CPU, dry run' if DRY else '8192³ on the GPU'}, TFLOP/s): "
@@ -475,74 +485,88 @@ def report() -> None:
                 + (f" over {r['timed_window_s']} s" if r.get("timed_window_s") else ""),
             ]
         )
-    md += [markdown_table(header, rows, align="lllrrrrr") if rows else "not measured", ""]
-    md += ["### Against JoeyNMT 2.3 on the same GPU, in this run (`make bench-peers`'s settings)", ""]
-    if peer_rows:
-        header = [
-            "tool",
-            "precision",
-            "train target tok/s",
-            "×",
-            "greedy sent/s",
-            "×",
-            "beam 5 sent/s",
-            "×",
-            "BLEU greedy / beam 5",
-        ]
-        rows = []
-        for r in peer_rows:
-            x = r.get("ratios", {})
-            ratio = lambda k, x=x: f"{x[k]:.2f}×" if k in x else ""  # noqa: E731
-            beams = [fmt(r[b]["sentences_per_s"], "{:,.1f}") if b in r else "" for b in ("beam1", "beam5")]
-            bleu = f"{r['beam1']['bleu']:.2f} / {r['beam5']['bleu']:.2f}" if "beam1" in r and "beam5" in r else ""
-            speed = f"{r['train_tokens_per_s']:,.0f}"
-            rows.append(
-                [
-                    r["tool"],
-                    r.get("precision", ""),
-                    speed,
-                    ratio("train_tokens_per_s"),
-                    beams[0],
-                    ratio("beam1"),
-                    beams[1],
-                    ratio("beam5"),
-                    bleu,
-                ]
-            )
-        path = WORK / "peers_meta.json"
-        meta = {"updates": "?", "batch_tokens": "?", "test_sentences": "?"}
-        meta |= json.loads(path.read_text()) if path.exists() else {}
-        md += [
-            f"The reference Transformer (3 + 3 layers, d_model 256), {meta['updates']} updates of "
-            f"{meta['batch_tokens']:,}-token batches each, then decoding the {meta['test_sentences']:,} test "
-            "sentences once.",
-            "",
-        ]
-        md += [markdown_table(header, rows, align="ll" + "r" * 6 + "l"), ""]
-    else:
-        md += ["not measured", ""]
-    md += ["### Time to BLEU (`make train trainer=gpu` on Multi30k)", ""]
-    if ttb_run:
-        s = ttb_run["summary"]
-        md.append(
-            f"`{ttb_run['command']}`: {s['steps']:,} updates in {s['train_minutes']} min (validation "
-            f"included), {s['tokens_per_s']:,.0f} target tok/s, best validation BLEU {s['best_valid_bleu']:.2f}; "
-            f"the log: `{ttb_run.get('start_line')}`."
-        )
-        md.append("")
-        curve = [[f"{p['minutes']:.2f}", f"{p['step']:,}", f"{p['bleu']:.2f}"] for p in ttb_run["curve"]]
-        md += [markdown_table(["minutes", "step", "validation BLEU (greedy)"], curve, align="rrr"), ""]
-        if ttb_decode:
-            rows = [
-                [f"beam {b}", fmt(d["sentences_per_s"], "{:,.1f}"), fmt(d["tokens_per_s"]), f"{d['bleu']:.2f}"]
-                for b, d in sorted(ttb_decode.items())
+    return md + [markdown_table(header, rows, align="lllrrrrr") if rows else "not measured", ""]
+
+
+def peers_section(peer_rows: list[dict]) -> list[str]:
+    from translate.evaluation.tables import markdown_table
+
+    md = ["### Against JoeyNMT 2.3 on the same GPU, in this run (`make bench-peers`'s settings)", ""]
+    if not peer_rows:
+        return md + ["not measured", ""]
+    header = [
+        "tool",
+        "precision",
+        "train target tok/s",
+        "×",
+        "greedy sent/s",
+        "×",
+        "beam 5 sent/s",
+        "×",
+        "BLEU greedy / beam 5",
+    ]
+    rows = []
+    for r in peer_rows:
+        x = r.get("ratios", {})
+        ratio = lambda k, x=x: f"{x[k]:.2f}×" if k in x else ""  # noqa: E731
+        beams = [fmt(r[b]["sentences_per_s"], "{:,.1f}") if b in r else "" for b in ("beam1", "beam5")]
+        bleu = f"{r['beam1']['bleu']:.2f} / {r['beam5']['bleu']:.2f}" if "beam1" in r and "beam5" in r else ""
+        speed = f"{r['train_tokens_per_s']:,.0f}"
+        rows.append(
+            [
+                r["tool"],
+                r.get("precision", ""),
+                speed,
+                ratio("train_tokens_per_s"),
+                beams[0],
+                ratio("beam1"),
+                beams[1],
+                ratio("beam5"),
+                bleu,
             ]
-            repeats = next(iter(ttb_decode.values())).get("repeats", "?")
-            md += [f"Its best checkpoint on the test split (fp32 decoding, median of {repeats}):", ""]
-            md += [markdown_table(["decoding", "sentences/s", "target tok/s", "test BLEU"], rows, align="lrrr"), ""]
-    else:
-        md += ["not measured", ""]
-    md += ["### Targets", ""]
+        )
+    path = WORK / "peers_meta.json"
+    meta = {"updates": "?", "batch_tokens": "?", "test_sentences": "?"}
+    meta |= json.loads(path.read_text()) if path.exists() else {}
+    md += [
+        f"The reference Transformer (3 + 3 layers, d_model 256), {meta['updates']} updates of "
+        f"{meta['batch_tokens']:,}-token batches each, then decoding the {meta['test_sentences']:,} test "
+        "sentences once.",
+        "",
+    ]
+    return md + [markdown_table(header, rows, align="ll" + "r" * 6 + "l"), ""]
+
+
+def ttb_section(ttb_run: dict | None, ttb_decode: dict) -> list[str]:
+    from translate.evaluation.tables import markdown_table
+
+    md = ["### Time to BLEU (`make train trainer=gpu` on Multi30k)", ""]
+    if not ttb_run:
+        return md + ["not measured", ""]
+    s = ttb_run["summary"]
+    md.append(
+        f"`{ttb_run['command']}`: {s['steps']:,} updates in {s['train_minutes']} min (validation "
+        f"included), {s['tokens_per_s']:,.0f} target tok/s, best validation BLEU {s['best_valid_bleu']:.2f}; "
+        f"the log: `{ttb_run.get('start_line')}`."
+    )
+    md.append("")
+    curve = [[f"{p['minutes']:.2f}", f"{p['step']:,}", f"{p['bleu']:.2f}"] for p in ttb_run["curve"]]
+    md += [markdown_table(["minutes", "step", "validation BLEU (greedy)"], curve, align="rrr"), ""]
+    if ttb_decode:
+        rows = [
+            [f"beam {b}", fmt(d["sentences_per_s"], "{:,.1f}"), fmt(d["tokens_per_s"]), f"{d['bleu']:.2f}"]
+            for b, d in sorted(ttb_decode.items())
+        ]
+        repeats = next(iter(ttb_decode.values())).get("repeats", "?")
+        md += [f"Its best checkpoint on the test split (fp32 decoding, median of {repeats}):", ""]
+        md += [markdown_table(["decoding", "sentences/s", "target tok/s", "test BLEU"], rows, align="lrrr"), ""]
+    return md
+
+
+def targets_section(targets: list[dict], sections: list[dict]) -> list[str]:
+    from translate.evaluation.tables import markdown_table
+
+    md = ["### Targets", ""]
     md += [
         f"- {t['target']}" + (f" ≥ {t['least']:g}" if "least" in t else "") + f": **{t['verdict']}**" for t in targets
     ]
@@ -550,12 +574,16 @@ def report() -> None:
     md += [
         markdown_table(
             ["section", "status", "seconds", "limit s"],
-            [[s["section"], s["status"], s["seconds"], s["limit_s"]] for s in figures["sections"]],
+            [[s["section"], s["status"], s["seconds"], s["limit_s"]] for s in sections],
             align="llrr",
         ),
         "",
     ]
-    results = "\n".join(md)
+    return md
+
+
+def write_doc(results: str) -> None:
+    """docs/gpu.md with `results` between its markers (or appended), into OUT."""
     doc = (ROOT / "docs" / "gpu.md").read_text()
     begin, end = "<!-- gpu-check results: begin -->", "<!-- gpu-check results: end -->"
     if begin in doc and end in doc:
@@ -563,6 +591,17 @@ def report() -> None:
     else:
         doc += "\n## Results\n\n" + results
     (OUT / "gpu.md").write_text(doc)
+
+
+def report() -> None:
+    found = figures()
+    (OUT / "gpu_figures.json").write_text(json.dumps(found, indent=2) + "\n")
+    md = header_section(found["env"], found["sections"]) + tests_section(found["tests"])
+    md += training_section(found["matmul_peak_tflops"], found["train"]) + peers_section(found["peers"])
+    md += ttb_section(found["time_to_bleu"], found["ttb_decoding"])
+    md += targets_section(found["targets"], found["sections"])
+    results = "\n".join(md)
+    write_doc(results)
     print(results)
 
 

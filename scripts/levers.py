@@ -67,7 +67,7 @@ def sdpa_lever(repeats: int, precision: str, dropout: float) -> dict:
 
     def run(attend):
         with autocast():
-            q, (k, v) = attn._split(attn.q_proj(x)), attn.project_kv(x)
+            q, (k, v) = attn.project_q(x), attn.project_kv(x)
             out = attn.out_proj(attend(q, k, v, mask, dropout_p=dropout).transpose(1, 2).reshape(128, 32, 256))
         out.float().sum().backward()
 

@@ -16,12 +16,10 @@ import json
 import random
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from translate.config.schema import EvalConfig
 from translate.data.corpus import synthetic_symbols
 from translate.data.pipeline import load_split
 from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.options import DecodingOptions
 from translate.evaluation.evaluator import write_lines
 from translate.evaluation.metrics import bleu_by_length, corpus_scores
 from translate.evaluation.reversal import error_table, without_repeats
@@ -43,8 +41,7 @@ def analyse(run: Path, buckets: list[int]) -> dict:
     rng, symbols = random.Random(0), synthetic_symbols(cfg.data.synthetic)
     probe_src = [without_repeats(s, rng, symbols) for s in pairs.src]
     probe_ref = [" ".join(reversed(s.split())) for s in probe_src]
-    ec = OmegaConf.structured(EvalConfig())
-    probe_hyps = translate_texts(model, tokenizer, probe_src, ec, progress=False)
+    probe_hyps = translate_texts(model, tokenizer, probe_src, DecodingOptions(), progress=False)
     for suffix, lines in (("src", probe_src), ("hyp", probe_hyps)):
         write_lines(run / "eval" / f"without_repeats.{suffix}", lines)
     return {

@@ -14,11 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from translate.config.schema import EvalConfig
 from translate.data.pipeline import load_split
 from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.options import DecodingOptions
 from translate.evaluation.metrics import corpus_scores
 from translate.runtime.checkpoints import TrainState
 from translate.runtime.errors import one_line_errors
@@ -35,7 +33,7 @@ def tune(run: Path, beams: list[int], alphas: list[float], checkpoint: str = "be
     pairs = load_split(cfg.data, "valid")
     rows = []
     for beam, alpha in grid(beams, alphas):
-        ec = OmegaConf.structured(EvalConfig(beam_size=beam, length_penalty=alpha))
+        ec = DecodingOptions(beam_size=beam, length_penalty=alpha)
         hyps = translate_texts(model, tokenizer, pairs.src, ec, progress=progress)
         scores = corpus_scores(hyps, pairs.tgt)
         rows.append({"beam_size": beam, "length_penalty": alpha, "bleu": scores["bleu"], "chrf": scores["chrf"]})

@@ -1,12 +1,17 @@
+import functools
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from translate.config.schema import register_configs
+from translate.config.schema import ModelConfig, register_configs
+from translate.data.batching import collate
 from translate.data.corpus import SHARED_MULTI30K
+from translate.data.tokenizer import BOS, EOS
+from translate.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_configs()
@@ -79,3 +84,42 @@ def pytest_collection_modifyitems(items):
     """The longest test (JoeyNMT installed and trained beside us, minutes) first: under two workers the rest of
     the suite then runs beside it instead of after it."""
     items.sort(key=lambda item: item.path.name != "test_peers.py")
+
+
+# ---- tiny models trained to copy their input, shared by the search and attention tests ---------------------------
+COPY_VOCAB = 24
+COPY_MODELS = {
+    "rnn": dict(name="rnn", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, dropout=0.0),
+    "rnn_attention": dict(
+        name="rnn_attention", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, attention_dim=16, dropout=0.0
+    ),
+    "transformer": dict(name="transformer", d_model=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2, dropout=0.0),
+}
+assert (BOS, EOS) == (2, 3)  # the ids the copy task's sentences (4 and up) leave free
+
+
+def copy_sentences(n: int, seed: int) -> list[list[int]]:
+    """n random sentences of 2-9 tokens from the copy vocabulary, fixed by `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(4, COPY_VOCAB, (int(torch.randint(2, 10, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
+
+
+@functools.cache
+def copy_model(name: str):
+    """A tiny model of family `name` trained for 30 steps to copy its input: neither uniform nor perfect, so outputs
+    vary in length, end with EOS or at the length limit, and beam search has something to find.  One per process."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**COPY_MODELS[name]), COPY_VOCAB)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(30):
+        seqs = copy_sentences(32, seed=100 + step)
+        batch = collate(seqs, seqs, list(range(32)))
+        logits = model(batch.src, batch.src_mask, batch.tgt_in)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -93,8 +93,8 @@ def test_the_host_is_described_one_way():
 
 @pytest.mark.slow
 def test_the_eager_loss_is_the_training_loss(tmp_path):
-    """Updater.loss(batch, eager=True), what the benchmark counts FLOPs on: the same loss through the model's own
-    features (compiled or not)."""
+    """Updater.loss(batch, eager=True), the loss FLOPs are counted on (throughput.py): the same loss through the
+    model's own features (compiled or not)."""
     trainer = Trainer(compose_train([*tiny_synthetic(64, 8, 8), "trainer.max_steps=1"]), tmp_path)
     batch = trainer.collate(trainer.epoch_batches()[0])
     losses = []

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_train, tiny_synthetic
-from omegaconf import OmegaConf
 
 from translate.commands import translate as command
-from translate.config.schema import EvalConfig, ModelConfig
+from translate.config.schema import ModelConfig
 from translate.data.corpus import MAX_LINE_BYTES, SKIP_CHUNK, TextFiles, iter_lines, read_bounded_line, read_lines
 from translate.decoding import inference
-from translate.decoding.search import source_limit, translate_ids
+from translate.decoding.attention_maps import attention_maps
+from translate.decoding.options import DecodingOptions
+from translate.decoding.search import Hypothesis, source_limit, translate_ids
 from translate.models import MODELS, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,9 +94,9 @@ class Engine:
     def __init__(self, max_positions):
         self.max_positions, self.sources = max_positions, []
 
-    def translate_ids(self, sources, **options):
+    def translate_ids(self, sources, options):
         self.sources = sources
-        return [inference.Hypothesis(s[:3], 0.0) for s in sources]
+        return [Hypothesis(s[:3], 0.0) for s in sources]
 
 
 class Words:
@@ -113,8 +114,10 @@ class Words:
 
 
 def test_translate_texts_cuts_a_text_before_tokenizing_and_names_it(caplog):
-    engine, words, ec = Engine(101), Words(), OmegaConf.structured(EvalConfig())
-    out = inference.translate_texts(engine, words, ["kurz", "x" * 5_000_000, "y" * 150], ec, names=["a", "b", "c"])
+    engine, words = Engine(101), Words()
+    out = inference.translate_texts(
+        engine, words, ["kurz", "x" * 5_000_000, "y" * 150], DecodingOptions(), names=["a", "b", "c"]
+    )
     assert len(out) == 3 and [len(t) for t in words.seen] == [4, 100 * inference.CHARS_PER_TOKEN, 150]
     assert "b: 5000000 characters, at least 1600 subword tokens; translating its first 100 (the model's limit)" in (
         caplog.text
@@ -131,8 +134,9 @@ def test_every_model_caps_its_source(name):
     model = build_model(cfg, 20).eval()
     assert model.max_positions == 1024 and source_limit(model) == 1023
     if name == "rnn_attention":  # a source of 3000 tokens reaches the encoder cut: 1023 and EOS
-        (hyp,) = translate_ids(model, [[5] * 3000], 1, 2, max_len_ratio=0.0, max_len_offset=3, need_attention=True)
-        assert hyp.attention.shape[1] == 1024
+        (hyp,) = translate_ids(model, [[5] * 3000], 1, 2, DecodingOptions(max_len_ratio=0.0, max_len_offset=3))
+        (maps,) = attention_maps(model, [[5] * 3000], [hyp.tokens])
+        assert maps["alignment"].shape[1] == 1024
 
 
 # ---- the command, a real process ------------------------------------------------------------------------------------

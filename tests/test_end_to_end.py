@@ -66,6 +66,7 @@ def test_train_evaluate_and_read_events(model, multi30k_dir, small_cfg, tmp_path
         "train/lr",
         "train/tokens_per_s",
         "train/grad_norm",
+        "train/peak_memory_mib",
         "valid/loss",
         "valid/ppl",
         "valid/bleu",
@@ -192,9 +193,8 @@ def test_the_moving_average_is_what_validation_and_evaluation_decode_with(multi3
         torch.testing.assert_close(average[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(average[n], w) for n, w in trainer.model.state_dict().items())
 
-    result = validate(
-        trainer.update.ema.module, trainer.data.tokenizer, trainer.data.valid, 1024, 1, None, trainer.autocast
-    )
+    ema, tokenizer, valid = trainer.update.ema.module, trainer.data.tokenizer, trainer.data.valid
+    result = validate(ema, tokenizer, valid, 1024, 1, autocast=trainer.autocast)
     assert last_valid["loss"] == pytest.approx(result.loss, rel=1e-6)  # validation decoded with the average
     model, *_ = load_run(run_dir, "last", "cpu")
     for name, tensor in model.state_dict().items():

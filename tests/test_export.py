@@ -18,6 +18,7 @@ from translate.config.schema import EvalConfig, ModelConfig
 from translate.data.batching import collate
 from translate.data.tokenizer import BOS, EOS
 from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.options import DecodingOptions
 from translate.decoding.search import translate_ids
 from translate.models import build_model
 from translate.runtime.checkpoints import load_checkpoint, save_checkpoint
@@ -137,10 +138,10 @@ def test_ct2_greedy_output_is_our_greedy_output(exported, sentences):
     model, tokenizer, _, _ = load_run(exported, "best", "cpu")
     sources = tokenizer.encode(sentences)
     ec = EvalConfig()
-    options = dict(max_len_ratio=ec.max_len_ratio, max_len_offset=ec.max_len_offset, beam_size=1)
+    options = DecodingOptions.of(ec, beam_size=1)
     with torch.no_grad():
-        ours = translate_ids(model, sources, BOS, EOS, **options)
-        theirs = CT2Model(export_dir(exported), "cpu").translate_ids(sources, **options)
+        ours = translate_ids(model, sources, BOS, EOS, options)
+        theirs = CT2Model(export_dir(exported), "cpu").translate_ids(sources, options)
         flips, worst = _compare(model, sources, ours, theirs, ec.max_len_ratio, ec.max_len_offset)
     assert len(flips) <= MAX_FLIPS, f"{len(flips)} of {SENTENCES} greedy outputs differ: {flips}"
     assert worst < SCORE_TOLERANCE, f"log-probabilities differ by {worst:.2e} per token"
@@ -157,10 +158,10 @@ def test_ct2_beam_search_ranks_as_ours(exported, sentences):
 
     model, tokenizer, _, _ = load_run(exported, "best", "cpu")
     sources = tokenizer.encode(sentences[:20])
-    options = dict(beam_size=4, n_best=2, length_penalty=0.6)
+    options = DecodingOptions(beam_size=4, n_best=2, length_penalty=0.6)
     with torch.no_grad():
-        ours = translate_ids(model, sources, BOS, EOS, **options)
-        theirs = CT2Model(export_dir(exported), "cpu").translate_ids(sources, **options)
+        ours = translate_ids(model, sources, BOS, EOS, options)
+        theirs = CT2Model(export_dir(exported), "cpu").translate_ids(sources, options)
     assert len(theirs) == len(ours) == 2 * len(sources)
     best_same = sum(a.tokens == b.tokens for a, b in zip(ours[::2], theirs[::2]))
     assert best_same >= len(sources) - 1, f"best hypotheses: {best_same} of {len(sources)} identical"
@@ -181,7 +182,7 @@ def test_translate_engine_ct2_keeps_lines(exported, sentences):
     out = done.stdout.split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines) and out[1] == out[3] == ""
     engine = CT2Model(export_dir(exported), "cpu")
-    expected = translate_texts(engine, engine.tokenizer, [sentences[i] for i in range(3)], EvalConfig())
+    expected = translate_texts(engine, engine.tokenizer, [sentences[i] for i in range(3)], DecodingOptions())
     assert [out[0], out[2], out[4]] == expected and all(expected)
 
 
@@ -229,7 +230,7 @@ def test_int8_export_writes_loads_and_replaces_atomically(exported, sentences):
     # int8 weights (the float32 position table, 1024 × d_model, stays as it is)
     assert (first / "model.bin").stat().st_size < 0.75 * (exported / "ct2" / "model.bin").stat().st_size
     engine = CT2Model(first, "cpu")
-    out = translate_texts(engine, engine.tokenizer, sentences[:10], EvalConfig())
+    out = translate_texts(engine, engine.tokenizer, sentences[:10], DecodingOptions())
     assert len(out) == 10 and all(isinstance(t, str) for t in out)
 
     before = (first / "model.bin").stat().st_ino
@@ -261,10 +262,10 @@ def test_post_norm_untied_transformer_exports_exactly(exported, sentences, tmp_p
     assert export_run(run) == run / "ct2"
     model, tokenizer, _, _ = load_run(run, "best", "cpu")
     sources = tokenizer.encode(sentences[:20])
-    options = dict(max_len_ratio=1.0, max_len_offset=2, beam_size=1)
+    options = DecodingOptions(max_len_ratio=1.0, max_len_offset=2, beam_size=1)
     with torch.no_grad():
-        ours = translate_ids(model, sources, BOS, EOS, **options)
-        theirs = CT2Model(run / "ct2", "cpu").translate_ids(sources, **options)
+        ours = translate_ids(model, sources, BOS, EOS, options)
+        theirs = CT2Model(run / "ct2", "cpu").translate_ids(sources, options)
         flips, worst = _compare(model, sources, ours, theirs, 1.0, 2)
     assert len(flips) <= 1 and worst < SCORE_TOLERANCE
     print(f"post-LN, untied: {len(sources) - len(flips)}/{len(sources)} identical, score Δ ≤ {worst:.1e}/token")

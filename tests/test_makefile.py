@@ -63,13 +63,13 @@ def _dry_run(directory: Path, *args: str) -> str:
 
 
 def _project(tmp_path: Path, programs: dict[str, str] | None = None) -> Path:
-    """A copy of the Makefile with an up-to-date stand-in environment, tmp_path/venv: bin/python, bin/torchrun and
-    bin/tensorboard print their arguments (or run `programs[name]`, a bash script)."""
+    """A copy of the Makefile with an up-to-date stand-in environment, tmp_path/venv: bin/python, bin/translate (the
+    console command), bin/torchrun and bin/tensorboard print their arguments (or run `programs[name]`, a script)."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     os.utime(tmp_path / "pyproject.toml", (1_000_000_000, 1_000_000_000))  # older than the environment
     (tmp_path / "venv" / "bin").mkdir(parents=True)
-    for name in ("python", "torchrun", "tensorboard"):
+    for name in ("python", "translate", "torchrun", "tensorboard"):
         program = tmp_path / "venv" / "bin" / name
         program.write_text((programs or {}).get(name) or FAKE.format(python=sys.executable))
         program.chmod(0o755)
@@ -164,15 +164,15 @@ def test_a_run_directory_reaches_python_exactly(tmp_path, path):
         done = _make(project, target, f"RUN={path}", "eval.beam_size=5")
         assert done.returncode == 0, done.stderr
         [call] = _calls(done)
-        module = {"eval": "evaluate"}.get(target, target)
-        assert call["argv"] == ["-m", f"translate.{module}", f"run={_hydra_quoted(path)}", "eval.beam_size=5"]
-        assert _hydra_reads(call["argv"][2]) == ("run", path)
+        assert call["prog"] == "translate"
+        assert call["argv"] == [target, f"run={_hydra_quoted(path)}", "eval.beam_size=5"]
+        assert _hydra_reads(call["argv"][1]) == ("run", path)
     assert not (project / MARKER).exists()
 
 
 def test_a_run_directory_with_spaces_and_semicolons_reaches_the_real_program(tmp_path):
-    """`make average` with the real environment's python: the run directory it reports is the one given."""
-    project = _project(tmp_path, {"python": f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'})
+    """`make average` with the real `translate` command: the run directory it reports is the one given."""
+    project = _project(tmp_path, {"translate": f'#!/bin/sh\nexec "{sys.executable}" -m translate "$@"\n'})
     run = tmp_path / "runs" / "a b;c 'quoted' \"too\" $HOME ${x}\\"
     run.mkdir(parents=True)
     done = _make(project, "average", f"RUN={run}")
@@ -196,7 +196,7 @@ CASES = [
     ("tensorboard", "HOST", lambda v: ["--host", v, "--port", "6006"]),
     ("install PYTHON=venv/bin/python", "TORCH", _torch),
     ("install", "PYTHON", None),  # `<PYTHON> -m venv` is no program here: it fails, running nothing else
-    ("train", "model", lambda v: ["-m", "translate", "train", f"model={v}"]),
+    ("train", "model", lambda v: ["train", f"model={v}"]),
     ("translate RUN=r", "eval.src", lambda v: [f"eval.src={v}"]),
 ]
 
@@ -248,9 +248,9 @@ def test_numbers_reach_the_programs(tmp_path):
     [call] = _calls(_make(project, "train", "NPROC=2", GLOO_SOCKET_IFNAME="eth7"))
     assert call["env"]["GLOO_SOCKET_IFNAME"] == "eth7"  # set: kept
     [call] = _calls(_make(project, "train"))
-    assert call["prog"] == "python" and call["env"]["GLOO_SOCKET_IFNAME"] is None
+    assert call["prog"] == "translate" and call["env"]["GLOO_SOCKET_IFNAME"] is None
     [call] = _calls(_make(project, "compare", "SEEDS=3"))
-    assert call["argv"] == ["-m", "translate", "train", "+experiment='bottleneck'", "trainer.seed=1234,1235,1236"]
+    assert call["argv"] == ["train", "+experiment='bottleneck'", "trainer.seed=1234,1235,1236"]
     [call] = _calls(_make(project, "bench-peers", "UPDATES=30"))
     assert call["argv"] == ["scripts/bench_peers.py", "--updates", "30"]
     [call] = _calls(_make(project, "tensorboard", "HOST=0.0.0.0", "PORT=7000"))
@@ -270,7 +270,7 @@ def test_hydra_overrides_pass_through_each_one_word(tmp_path):
     ]
     make_variables = ["RUN=r", "RUNS=a b", "OUT=o", "NPROC=", "SEEDS=", "UPDATES=1", "PORT=1", "TORCH=t", "PYTHON=p"]
     [call] = _calls(_make(project, "train", *overrides, *make_variables, "EXPERIMENT=e", "HOST=h"))
-    assert call["argv"][:2] == ["-m", "translate", "train"] and sorted(call["argv"][2:]) == sorted(overrides)
+    assert call["argv"][:1] == ["train"] and sorted(call["argv"][1:]) == sorted(overrides)
     assert _hydra_reads("eval.ref='quoted, as Hydra reads it'") == ("eval.ref", "quoted, as Hydra reads it")
     assert OverridesParser.create().parse_overrides(["trainer.seed=1,2"])[0].is_sweep_override()  # a sweep, as before
 

@@ -5,33 +5,19 @@ neither uniform nor perfect: outputs vary in length, end with EOS or at the
 length limit, and beam search has something to find.
 """
 
-import functools
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BOS, COPY_MODELS, EOS, copy_model, copy_sentences
 
-from translate.config.schema import ModelConfig
 from translate.data.batching import collate
+from translate.decoding.options import DecodingOptions
 from translate.decoding.search import beam_search, gnmt_length_penalty, greedy_search, max_output_lengths, translate_ids
-from translate.models import build_model
 
-V, BOS, EOS = 24, 2, 3
-CONFIGS = {
-    "rnn": dict(name="rnn", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, dropout=0.0),
-    "rnn_attention": dict(
-        name="rnn_attention", enc_layers=1, dec_layers=1, emb_dim=24, hidden_dim=32, attention_dim=16, dropout=0.0
-    ),
-    "transformer": dict(name="transformer", d_model=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2, dropout=0.0),
-}
-MODELS = list(CONFIGS)
-
-
-def _sentences(n: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randint(4, V, (int(torch.randint(2, 10, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
-    ]
+MODELS = list(COPY_MODELS)
+_sentences = copy_sentences
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,21 +29,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.cache
-def _model(name: str):
-    """A tiny model trained for 30 steps to copy its input."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(**CONFIGS[name]), V)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(30):
-        seqs = _sentences(32, seed=100 + step)
-        batch = collate(seqs, seqs, list(range(32)))
-        logits = model(batch.src, batch.src_mask, batch.tgt_in)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+_model = copy_model
 
 
 def _batch(n: int = 10, extra_padding: int = 0, seed: int = 9):
@@ -177,7 +149,7 @@ class Uncached(torch.nn.Module):
     def encode(self, src, src_mask):
         return {"src": src, "src_mask": src_mask, "prefix": src.new_zeros(src.shape[0], 0)}
 
-    def decode_step(self, state, prev, need_attention=False):
+    def decode_step(self, state, prev):
         prefix = torch.cat([state["prefix"], prev.unsqueeze(1)], dim=1)
         return self.model(state["src"], state["src_mask"], prefix)[:, -1], {**state, "prefix": prefix}
 
@@ -195,37 +167,20 @@ def test_transformer_cached_decoding_equals_uncached():
     assert [[h.tokens for h in n] for n in cached] == [[h.tokens for h in n] for n in full]
 
 
-@pytest.mark.parametrize("name", ["rnn_attention", "transformer"])
-def test_beam_attention_follows_its_hypothesis(name):
-    model, (src, mask, max_len) = _model(name), _batch(6, extra_padding=2)
-    beam = beam_search(model, src, mask, BOS, EOS, max_len, beam_size=4, alpha=0.6, n_best=2, need_attention=True)
-    for i, hyps in enumerate(beam):
-        one_src, one_mask = _alone(src, mask, i)
-        for h in hyps:
-            steps = len(h.tokens) + (len(h.tokens) < int(max_len[i]))  # the EOS step has attention too
-            assert h.attention.shape == (steps, one_src.shape[1])
-            with torch.no_grad():
-                _, expected = model(
-                    one_src, one_mask, torch.tensor([[BOS] + h.tokens])[:, :steps], return_attention=True
-                )
-            torch.testing.assert_close(h.attention, expected[0], atol=1e-4, rtol=1e-4)
-
-
 def test_translate_ids_returns_n_best_per_sentence_in_input_order():
     model, sources = _model("rnn_attention"), _sentences(9, seed=3)
-    flat = translate_ids(
-        model, sources, BOS, EOS, batch_tokens=40, beam_size=3, n_best=2, max_len_ratio=1.0, max_len_offset=2
-    )
+    short = DecodingOptions(beam_size=3, n_best=2, max_len_ratio=1.0, max_len_offset=2)
+    flat = translate_ids(model, sources, BOS, EOS, replace(short, batch_tokens=40))
     assert len(flat) == 2 * len(sources)
     for i, seq in enumerate(sources):
-        alone = translate_ids(model, [seq], BOS, EOS, beam_size=3, n_best=2, max_len_ratio=1.0, max_len_offset=2)
+        alone = translate_ids(model, [seq], BOS, EOS, short)
         assert [h.tokens for h in flat[2 * i : 2 * i + 2]] == [h.tokens for h in alone]
-    greedy = translate_ids(model, sources, BOS, EOS, beam_size=1, max_len_ratio=1.0, max_len_offset=2)
+    greedy = translate_ids(model, sources, BOS, EOS, replace(short, beam_size=1, n_best=1))
     batch = collate(sources, None, list(range(len(sources))))
     expected = greedy_search(model, batch.src, batch.src_mask, BOS, EOS, max_output_lengths(batch.src_mask, 1.0, 2))
     assert [h.tokens for h in greedy] == [h.tokens for h in expected]
     with pytest.raises(ValueError, match="n_best=4 must be between 1 and beam_size=3"):
-        translate_ids(model, sources, BOS, EOS, beam_size=3, n_best=4)
+        translate_ids(model, sources, BOS, EOS, DecodingOptions(beam_size=3, n_best=4))
 
 
 def test_gnmt_length_penalty():

@@ -3,6 +3,7 @@
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import translate.decoding.inference as inference
 from translate.config.schema import EvalConfig, ModelConfig, TokenizerConfig, TrainConfig
 from translate.data.tokenizer import train_or_load
 from translate.decoding.inference import sentences_of, translate_full, translate_lines, translate_texts
+from translate.decoding.options import DecodingOptions
 from translate.decoding.sentences import split_into_sentences
 from translate.models import build_model
 from translate.runtime.checkpoints import save_checkpoint
@@ -87,24 +89,24 @@ def loaded(run):
 def test_a_line_of_sentences_is_their_translations_joined_and_decoded_in_one_call(loaded, monkeypatch):
     model, tokenizer, cfg = loaded
     assert cfg.data.src_lang == "de"
-    ec = OmegaConf.structured(EvalConfig(beam_size=3, n_best=2, **SHORT))
+    ec = DecodingOptions(beam_size=3, n_best=2, **SHORT)
     lines = [TWO, "", ONE]
     first, second = split_into_sentences(TWO, "de")
     each = translate_texts(model, tokenizer, [first, second, ONE], ec, progress=False)  # two per sentence
     calls = []
-    real = inference.translate_texts
-    monkeypatch.setattr(inference, "translate_texts", lambda *a, **kw: calls.append(kw["names"]) or real(*a, **kw))
+    real = inference.encode_sources
+    monkeypatch.setattr(inference, "encode_sources", lambda *a: calls.append(a[3]) or real(*a))
     out = translate_lines(model, tokenizer, lines, ec, first=7, language="de")
     assert calls == [["line 7, sentence 1", "line 7, sentence 2", "line 9"]]  # all sentences of all lines at once
     # n-best: the k-th translation of the line joins the k-th best of each of its sentences
     assert out == [f"{each[0]} {each[2]}\t{each[1]} {each[3]}", "", f"{each[4]}\t{each[5]}"]
-    whole = real(model, tokenizer, [TWO, ONE], ec, progress=False)
+    whole = translate_texts(model, tokenizer, [TWO, ONE], ec, progress=False)
     assert translate_lines(model, tokenizer, lines, ec, first=7) == [f"{whole[0]}\t{whole[1]}", "", out[2]]
 
 
 def test_translate_full_joins_texts_scores_and_n_best_and_keeps_a_text_whole_for_attention(loaded):
     model, tokenizer, _ = loaded
-    ec = OmegaConf.structured(EvalConfig(beam_size=2, n_best=2, **SHORT))
+    ec = DecodingOptions(beam_size=2, n_best=2, **SHORT)
     first, second = split_into_sentences(TWO, "de")
     parts = translate_full(model, tokenizer, [first, second, ONE], ec)
     got = translate_full(model, tokenizer, [TWO, ONE], ec, language="de")
@@ -113,7 +115,7 @@ def test_translate_full_joins_texts_scores_and_n_best_and_keeps_a_text_whole_for
     assert [t for t, _ in got[0].n_best] == [f"{a} {b}" for (a, _), (b, _) in zip(parts[0].n_best, parts[1].n_best)]
     assert got[1] == parts[2]
     whole = translate_full(model, tokenizer, [TWO], ec)[0]
-    with_maps = translate_full(model, tokenizer, [TWO], ec, attention=True, language="de")[0]
+    with_maps = translate_full(model, tokenizer, [TWO], replace(ec, attention=True), language="de")[0]
     assert with_maps.text == whole.text and with_maps.attention["source"][-1] == "</s>"
 
 
@@ -121,17 +123,16 @@ def test_the_server_splits_by_its_setting_or_the_request_and_never_with_attentio
     from fastapi.testclient import TestClient
 
     from translate.serving.app import create_app
-    from translate.serving.batcher import Batcher, Options
+    from translate.serving.batcher import Batcher
 
     model, tokenizer, cfg = loaded
     served = {"tiny": SimpleNamespace(model=model, tokenizer=tokenizer, cfg=cfg)}
-    decoding = {"batch_tokens": 6000, **SHORT}
-    ec = OmegaConf.structured(EvalConfig(**SHORT))
+    ec = DecodingOptions(**SHORT)
     split = [t.text for t in translate_full(model, tokenizer, [TWO], ec, language="de")]
     whole = [t.text for t in translate_full(model, tokenizer, [TWO], ec)]
     for default in (True, False):
-        batcher = Batcher(served, decoding, max_queue=8, batch_tokens=4000, max_wait=0)
-        app = create_app(served, batcher, Options(1, 1, 0.6, split_sentences=default))
+        batcher = Batcher(served, max_queue=8, batch_tokens=4000, max_wait=0)
+        app = create_app(served, batcher, replace(ec, split_sentences=default))
         with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the server answers
 
             def texts(**body):
@@ -166,5 +167,5 @@ def test_evaluation_scores_lines_whole_whatever_split_sentences_says(run, loaded
     assert results[True] == results[False]
     lines = (run / "para.de").read_text().splitlines()
     assert results[True][1].splitlines() == translate_texts(
-        model, tokenizer, lines, EvalConfig(**SHORT), progress=False
+        model, tokenizer, lines, DecodingOptions(**SHORT), progress=False
     )

@@ -14,12 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from omegaconf import OmegaConf
 from serving_fixtures import FAMILIES, Server, trained_sweep, until  # noqa: F401 (the fixture `sweep`)
 
-from translate.config.schema import EvalConfig
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import load_run, translate_full
+from translate.decoding.options import DecodingOptions
 
 pytestmark = pytest.mark.slow  # trains three models, starts servers
 
@@ -42,8 +41,7 @@ def offline(sweep):
 def offline_translations(offline, family: str, texts: list[str], language: str | None = "de", **options):
     """What the server must answer: by default, like it, each text split into sentences (eval.split_sentences)."""
     model, tokenizer = offline[family]
-    ec = OmegaConf.structured(EvalConfig(**options))
-    return translate_full(model, tokenizer, texts, ec, attention=False, language=language)
+    return translate_full(model, tokenizer, texts, DecodingOptions(**options), language)
 
 
 def test_health_models_page_and_openapi(server, sweep):

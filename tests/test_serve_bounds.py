@@ -19,8 +19,9 @@ from serving_fixtures import Server, trained_sweep, until  # noqa: F401 (the fix
 
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import Translation
+from translate.decoding.options import DecodingOptions
 from translate.serving.app import Hosts, create_app, host_name
-from translate.serving.batcher import Batcher, DecodingFailed, Job, Options
+from translate.serving.batcher import Batcher, DecodingFailed, Job
 
 pytestmark = pytest.mark.slow  # trains three models, starts servers
 
@@ -279,7 +280,7 @@ def fake_served(monkeypatch):
     """One model whose decoding fails on any text holding "boom" (translate_full replaced)."""
     import translate.serving.batcher as batcher_module
 
-    def translate_full(model, tokenizer, texts, ec, attention=False, language=None):
+    def translate_full(model, tokenizer, texts, options, language=None, names=None):
         if any("boom" in text for text in texts):
             raise ValueError("boom: an internal detail")
         return [Translation(text.upper(), -1.0, [(text.upper(), -1.0)]) for text in texts]
@@ -293,8 +294,8 @@ def test_a_failed_batch_is_decoded_again_request_by_request(monkeypatch):
     models = fake_served(monkeypatch)
     loop = asyncio.new_event_loop()
     try:
-        batcher = Batcher(models, {}, max_queue=8, batch_tokens=10**6, max_wait=0)
-        jobs = [Job("m", texts, Options(), loop) for texts in (["ein"], ["boom", "zwei"], ["drei"])]
+        batcher = Batcher(models, max_queue=8, batch_tokens=10**6, max_wait=0)
+        jobs = [Job("m", texts, DecodingOptions(), loop) for texts in (["ein"], ["boom", "zwei"], ["drei"])]
         batcher.decode(jobs)
         results = loop.run_until_complete(asyncio.gather(*(job.future for job in jobs), return_exceptions=True))
     finally:
@@ -307,8 +308,8 @@ def test_a_request_that_fails_gets_500_without_internals(monkeypatch):
     from fastapi.testclient import TestClient
 
     models = fake_served(monkeypatch)
-    batcher = Batcher(models, {}, max_queue=8, batch_tokens=10**6, max_wait=0)
-    app = create_app(models, batcher, Options())
+    batcher = Batcher(models, max_queue=8, batch_tokens=10**6, max_wait=0)
+    app = create_app(models, batcher, DecodingOptions())
 
     @app.get("/raise")
     async def raising():

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from translate.config.schema import EvalConfig, ModelConfig
 from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.options import DecodingOptions
 from translate.decoding.sentences import split_into_sentences
 from translate.evaluation.evaluator import evaluate
 from translate.models import build_model
@@ -70,7 +71,7 @@ def test_lines_in_lines_out(run_dir, sentences):
     assert out[-1] == "" and len(out[:-1]) == len(lines)
     assert out[2] == "" and out[4] == ""
     model, tokenizer, _, _ = load_run(run_dir)
-    ec = OmegaConf.structured(EvalConfig(beam_size=3))
+    ec = DecodingOptions(beam_size=3)
     expected = translate_texts(model, tokenizer, [lines[i] for i in (0, 1, 3, 5)], ec, progress=False)
     assert [out[i] for i in (0, 1, 3, 5)] == expected
     assert ">" not in done.stderr  # no prompt unless stdin is a terminal
@@ -88,7 +89,7 @@ def test_a_line_of_sentences_gives_one_line_of_their_translations_unless_split_s
     assert split_into_sentences(paragraph, "de") == sentences[:3]
     stdin = f"{paragraph}\n\n{sentences[3]}\n"
     model, tokenizer, _, _ = load_run(run_dir)
-    ec = OmegaConf.structured(EvalConfig(beam_size=2))
+    ec = DecodingOptions(beam_size=2)
     done = _translate(f"run={run_dir}", "eval.beam_size=2", stdin=stdin)
     assert done.returncode == 0, done.stderr
     each = translate_texts(model, tokenizer, sentences[:4], ec, progress=False)

@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from translate.config.rules import check_config
 from translate.config.schema import CONFIG_DIR, register_configs
+from translate.decoding.options import DecodingOptions
 from translate.runtime.errors import ConfigError, one_line_errors
 from translate.serving.app import Hosts, Limits, create_app, is_loopback, report_figure
-from translate.serving.batcher import Batcher, Options
+from translate.serving.batcher import Batcher
 from translate.serving.connections import ConnectionBounds, backlog, default_max_connections, protocol_with
 from translate.serving.registry import comparison_report, load_models
 
@@ -40,12 +41,11 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError('no run to serve: make serve RUN=<run dir> [RUNS="<run> …"]')
     ec = cfg.eval
     models = load_models(runs, ec.checkpoint, ec.device)
-    decoding = {"batch_tokens": ec.batch_tokens, "max_len_ratio": ec.max_len_ratio, "max_len_offset": ec.max_len_offset}
-    batcher = Batcher(models, decoding, cfg.max_queue, cfg.batch_tokens, cfg.max_wait_ms / 1000)
+    batcher = Batcher(models, cfg.max_queue, cfg.batch_tokens, cfg.max_wait_ms / 1000)
     limits = Limits(
         cfg.max_texts, cfg.max_chars, cfg.max_body_kb * 1024, cfg.max_beam, cfg.max_answer_kb * 1024, cfg.body_timeout_s
     )
-    defaults = Options(ec.beam_size, 1, ec.length_penalty, split_sentences=ec.split_sentences)
+    defaults = DecodingOptions.of(ec, n_best=1)  # a request's own beam, n-best, penalty and splitting go on top
     report = comparison_report(models)
     figure = comparison_figure(report)
     hosts = Hosts.bound_to(cfg.host, cfg.allowed_hosts)

@@ -27,9 +27,11 @@ model (`make export` writes it; translate/decoding/ct2_export.py, ct2.py), under
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -37,7 +39,8 @@ from translate.config.rules import check_config
 from translate.config.schema import CONFIG_DIR, register_configs
 from translate.data.corpus import MAX_LINE_BYTES, read_bounded_line
 from translate.decoding.ct2 import load_export
-from translate.decoding.inference import attention_of, load_run, translate_safely
+from translate.decoding.inference import load_run, translate_full, translate_safely
+from translate.decoding.options import DecodingOptions
 from translate.runtime.errors import EXIT_SOME_LINES_FAILED, ConfigError, one_line_errors
 from translate.runtime.files import read_yaml
 
@@ -93,17 +96,17 @@ def chunks(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
         yield first, chunk
 
 
-def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) -> list[str]:
+def translate_with_attention(model, tokenizer, lines: list[str], options: DecodingOptions, path: str) -> list[str]:
     """Translate the one non-empty line of `lines`, drawing its attention into `path`."""
     texts = [line.strip() for line in lines if line.strip()]
     if len(texts) != 1:
         raise ConfigError(f"attention={path} draws one sentence; the input has {len(texts)} non-empty lines")
-    hyps, src_pieces, tgt_pieces = attention_of(model, tokenizer, texts[0], ec)
+    (result,) = translate_full(model, tokenizer, texts, replace(options, attention=True))
     from translate.evaluation.plots import attention_figure  # matplotlib only when a figure is asked for
 
-    weights = hyps[0].attention.numpy()  # (T, S): S is what the model read, the source cut at its limit and EOS
-    if len(src_pieces) > weights.shape[1]:
-        src_pieces = src_pieces[: weights.shape[1] - 1] + src_pieces[-1:]
+    record = result.attention  # what the model read: the source cut at its limit, and EOS
+    name = [name for name in record["maps"] if "/head" not in name][-1]  # the last layer's mean over heads, or α
+    weights, src_pieces, tgt_pieces = np.array(record["maps"][name]), record["source"], record["target"]
     rows, cols = min(len(tgt_pieces), MAX_DRAWN), min(len(src_pieces), MAX_DRAWN)
     if (rows, cols) != (len(tgt_pieces), len(src_pieces)):
         log.warning(
@@ -115,7 +118,7 @@ def translate_with_attention(model, tokenizer, lines: list[str], ec, path: str) 
             cols,
         )
     attention_figure(weights[:rows, :cols], src_pieces[:cols], tgt_pieces[:rows]).savefig(path, dpi=120)
-    translation = "\t".join(tokenizer.decode([h.tokens for h in hyps]))
+    translation = "\t".join(text for text, _ in result.n_best)
     return [translation if line.strip() else "" for line in lines]
 
 
@@ -134,6 +137,7 @@ def export_source_language(run_dir: str) -> str | None:
 def run(cfg: DictConfig) -> int:
     """Translate stdin to stdout; returns how many lines failed."""
     ec, stdin, failed = cfg.eval, sys.stdin.buffer, 0
+    options = DecodingOptions.of(ec)
     if cfg.engine == "ct2":
         if cfg.attention:
             raise ConfigError(f"attention={cfg.attention}: drawn from the PyTorch model; leave out engine=ct2")
@@ -161,7 +165,7 @@ def run(cfg: DictConfig) -> int:
             raise ConfigError(
                 f"attention={cfg.attention} draws one sentence; the input has {others + 1} non-empty lines"
             )
-        for line in translate_with_attention(model, tokenizer, lines, ec, cfg.attention):
+        for line in translate_with_attention(model, tokenizer, lines, options, cfg.attention):
             print(line)
         print(f"wrote {cfg.attention}", file=sys.stderr)
     elif sys.stdin.isatty():
@@ -169,12 +173,12 @@ def run(cfg: DictConfig) -> int:
         lines = input_lines(stdin)
         while print("> ", end="", file=sys.stderr, flush=True) or (item := next(lines, None)):
             number, line = item
-            outputs, bad = translate_safely(model, tokenizer, [line], ec, number, language)
+            outputs, bad = translate_safely(model, tokenizer, [line], options, number, language)
             print(outputs[0], flush=True)
             failed += bad
     else:
         for first, lines in chunks(input_lines(stdin)):
-            outputs, bad = translate_safely(model, tokenizer, lines, ec, first, language)
+            outputs, bad = translate_safely(model, tokenizer, lines, options, first, language)
             sys.stdout.writelines(out + "\n" for out in outputs)
             sys.stdout.flush()
             failed += bad

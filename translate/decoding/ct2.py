@@ -19,6 +19,7 @@ from translate.decoding.ct2_export import (
     export_dir,
     import_ctranslate2,
 )
+from translate.decoding.options import DecodingOptions
 from translate.decoding.search import Hypothesis, check_n_best, gnmt_length_penalty, max_output_lengths, source_limit
 from translate.runtime.checkpoints import find_checkpoint
 from translate.runtime.errors import ConfigError, UserError
@@ -66,7 +67,7 @@ class CT2Model:
             else:  # CTranslate2 ranked by score / steps (length_penalty=1); rank by the GNMT penalty instead
                 raw = score * steps
                 found.append(
-                    Hypothesis(ids[:-1] if ended else ids, raw, None, raw / gnmt_length_penalty(steps, length_penalty))
+                    Hypothesis(ids[:-1] if ended else ids, raw, raw / gnmt_length_penalty(steps, length_penalty))
                 )
         if beam_size > 1:
             found.sort(key=lambda h: h.normalized, reverse=True)
@@ -75,22 +76,22 @@ class CT2Model:
     def translate_ids(
         self,
         sources: list[list[int]],
-        batch_tokens: int = 6000,
-        max_len_ratio: float = 2.0,
-        max_len_offset: int = 10,
-        beam_size: int = 1,
-        length_penalty: float = 0.6,
-        n_best: int = 1,
+        options: DecodingOptions = DecodingOptions(),
     ) -> list[Hypothesis]:
         """`translate.decoding.search.translate_ids` through CTranslate2: `n_best` hypotheses per source, flat, in input
         order.  Sentences are decoded in groups that share an output limit (CTranslate2 takes one per call)."""
+        beam_size, n_best = options.beam_size, options.n_best
         check_n_best(beam_size, n_best)
         if not sources:
             return []
         sources = [s[: source_limit(self)] for s in sources]
         lengths = torch.tensor([len(s) + 1 for s in sources])  # + EOS, as the source mask counts
         mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
-        limits = max_output_lengths(mask, max_len_ratio, max_len_offset).clamp(max=self.max_positions).tolist()
+        limits = (
+            max_output_lengths(mask, options.max_len_ratio, options.max_len_offset)
+            .clamp(max=self.max_positions)
+            .tolist()
+        )
         groups: dict[int, list[int]] = defaultdict(list)
         for i, limit in enumerate(limits):
             groups[limit].append(i)
@@ -98,7 +99,7 @@ class CT2Model:
         for limit, indices in groups.items():
             outputs = self.translator.translate_batch(
                 [[self.pieces[t] for t in sources[i]] for i in indices],
-                max_batch_size=max(1, batch_tokens // beam_size),
+                max_batch_size=max(1, options.batch_tokens // beam_size),
                 batch_type="tokens",
                 beam_size=beam_size,
                 num_hypotheses=beam_size,
@@ -110,7 +111,7 @@ class CT2Model:
                 return_end_token=True,
             )
             for i, result in zip(indices, outputs):
-                results[i] = self._hypotheses(result, beam_size, length_penalty, n_best)
+                results[i] = self._hypotheses(result, beam_size, options.length_penalty, n_best)
         return [h for nbest in results for h in nbest]
 
 

@@ -1,24 +1,25 @@
 """The inference API: load a trained run and translate texts with it.
 
     model, tokenizer, cfg, ckpt = load_run(run_dir, checkpoint="best", device="auto")
-    translations = translate_texts(model, tokenizer, texts, ec)      # ec: an EvalConfig's decoding settings
-    outputs, failed = translate_safely(model, tokenizer, lines, ec, first=1)   # one output per line, always
-    outputs, failed = translate_safely(model, tokenizer, lines, ec, first=1, language="de")  # … sentence by sentence
-    hyps, src_pieces, tgt_pieces = attention_of(model, tokenizer, text, ec)  # one sentence, with its attention
-    results = translate_full(model, tokenizer, texts, ec, attention=True)  # Translation: text, score, n-best, maps
+    options = DecodingOptions.of(cfg.eval)                            # options.py: how to decode, one value
+    results = translate_full(model, tokenizer, texts, options, language="de")  # Translation: text, score, n-best
+    results = translate_full(model, tokenizer, texts, replace(options, attention=True))  # … with where it looked
+    outputs = translate_lines(model, tokenizer, lines, options, first=1)  # translate_full's answers as lines
+    outputs, failed = translate_safely(model, tokenizer, lines, options, first=1)  # one output per line, always
+    translations = translate_texts(model, tokenizer, texts, options)  # each text whole (evaluation)
 
 `model` is our PyTorch model or a CTranslate2 export (`translate.decoding.ct2.CT2Model`); both decode
 under the same rules: the source cut at the model's limit (with a warning naming it), greedy or beam
-search with the GNMT length penalty, `n_best` translations per text.  Evaluation, `make translate`,
-the export and the scripts all go through here.
+search with the GNMT length penalty, `n_best` translations per text.  Evaluation, `make translate`, the
+server, the export and the scripts all go through here.
 
-Paragraphs: `translate_lines`, `translate_safely` and `translate_full` given the source `language` split each
-text into sentences (sentences.py), translate the sentences of all texts in one call (each cut and batched as
-any text) and join each text's translations with one space; without `language` (evaluation always: it
-scores the test set's lines as they are) a text is translated whole.  With n_best > 1 a text's k-th
-translation is the k-th best of each of its sentences joined, scored by the sum of their log-probabilities:
-a rank-wise join, not a search over every combination.  `translate_full(…, attention=True)` translates each
-text whole: its attention map is of one model input.
+Paragraphs: given the source `language` and options.split_sentences, `translate_full` splits each text into
+sentences (sentences.py), translates the sentences of all texts in one call (each cut and batched as any text)
+and joins each text's translations with one space; without `language` (evaluation always: it scores the test
+set's lines as they are) a text is translated whole.  With n_best > 1 a text's k-th translation is the k-th
+best of each of its sentences joined, scored by the sum of their log-probabilities: a rank-wise join, not a
+search over every combination.  With options.attention each text is translated whole: its attention map
+(attention_maps.py) is of one model input.
 """
 
 import logging
@@ -29,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from translate.config.stored import model_for_weights, stored_config
-from translate.data.batching import collate
 from translate.data.tokenizer import BOS, EOS, Tokenizer
-from translate.decoding.search import Hypothesis, source_limit, translate_ids
+from translate.decoding.attention_maps import attention_maps
+from translate.decoding.options import DecodingOptions
+from translate.decoding.search import source_limit, translate_ids
 from translate.decoding.sentences import split_into_sentences
 from translate.runtime.checkpoints import (
     CheckpointError,
@@ -88,12 +90,6 @@ def run_tokenizer(run_dir: Path) -> Tokenizer:
         raise CheckpointError(f"{path}: not a SentencePiece model ({type(e).__name__}); copy the run's own") from None
 
 
-def decoding_options(ec) -> dict:
-    """The keyword arguments of `translate_ids` an EvalConfig sets."""
-    keys = ("batch_tokens", "max_len_ratio", "max_len_offset", "beam_size", "length_penalty", "n_best")
-    return {key: getattr(ec, key) for key in keys}
-
-
 CHARS_PER_TOKEN = 16  # SentencePiece's longest piece (max_piece_length): N·16 characters give N tokens or more
 MAX_SOURCE_CHARS = 1 << 16  # the cut for a model without a source limit (none of ours has none)
 
@@ -129,24 +125,23 @@ def encode_sources(
     return sources
 
 
-def decode_sources(model, sources: list[list[int]], ec, progress: bool = False, need_attention=False):
+def decode_sources(model, sources: list[list[int]], options: DecodingOptions, progress: bool = False):
     """n_best Hypotheses per source, flat (those of source i at [i·n, (i+1)·n)): ours or a CT2Model's search."""
-    options = decoding_options(ec)
     if not isinstance(model, torch.nn.Module):  # an engine with its own search over the same rules (CT2Model)
-        return model.translate_ids(sources, **options)
+        return model.translate_ids(sources, options)
     with tqdm(total=len(sources), desc="decoding", disable=not progress, dynamic_ncols=True) as bar:
-        return translate_ids(model, sources, BOS, EOS, progress=bar, need_attention=need_attention, **options)
+        return translate_ids(model, sources, BOS, EOS, options, progress=bar)
 
 
 def translate_texts(
-    model, tokenizer: Tokenizer, texts: list[str], ec, progress: bool = True, names: list[str] | None = None
+    model, tokenizer: Tokenizer, texts: list[str], options: DecodingOptions, progress: bool = True, names=None
 ) -> list[str]:
-    """Raw source sentences in, detokenized translations out (input order kept).
+    """Raw source sentences in, detokenized translations out (input order kept), each text whole.
 
-    `model`: ours (search.translate_ids) or a CT2Model (its own translate_ids).  With ec.n_best > 1 each
+    `model`: ours (search.translate_ids) or a CT2Model (its own translate_ids).  With n_best > 1 each
     sentence has n_best translations in a row, best first.  Long texts are cut (encode_sources).
     """
-    hyps = decode_sources(model, encode_sources(model, tokenizer, texts, names), ec, progress)
+    hyps = decode_sources(model, encode_sources(model, tokenizer, texts, names), options, progress)
     return tokenizer.decode([h.tokens for h in hyps])
 
 
@@ -159,30 +154,42 @@ def sentences_of(texts: list[str], language: str | None) -> list[list[str]]:
 
 
 def translate_full(
-    model, tokenizer: Tokenizer, texts: list[str], ec, attention: bool = False, language: str | None = None
+    model,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    options: DecodingOptions,
+    language: str | None = None,
+    names: list[str] | None = None,
 ) -> list[Translation]:
-    """Each text's Translation: text, score, n-best list and, with `attention`, where the model looked
-    (None for a model without attention or a CTranslate2 export).  With `language` (and no `attention`) a
-    text of several sentences is translated sentence by sentence (module docstring)."""
-    parts = sentences_of(texts, None if attention else language)
-    if any(len(sentences) > 1 for sentences in parts):
-        done = translate_full(model, tokenizer, [s for sentences in parts for s in sentences], ec)
-        results, start = [], 0
-        for sentences in parts:
-            results.append(joined(done[start : start + len(sentences)]))
-            start += len(sentences)
-        return results
-    sources, n = encode_sources(model, tokenizer, texts), ec.n_best
-    hyps = decode_sources(model, sources, ec)
+    """Each text's Translation: text, score, n-best list and, with options.attention, where the model looked
+    (None for a model without attention or a CTranslate2 export).  With `language` and options.split_sentences
+    (and no attention) a text of several sentences is translated sentence by sentence (module docstring); the
+    sentences of all texts are decoded in one call.  `names[i]` names text i in the warning about a cut."""
+    split = language if options.split_sentences and not options.attention else None
+    parts = sentences_of(texts, split)
+    sentences = [sentence for own in parts for sentence in own]
+    labels = None
+    if names is not None:
+        labels = [
+            f"{name}, sentence {j + 1}" if len(own) > 1 else name
+            for name, own in zip(names, parts)
+            for j in range(len(own))
+        ]
+    sources, n = encode_sources(model, tokenizer, sentences, labels), options.n_best
+    hyps = decode_sources(model, sources, options)
     decoded = tokenizer.decode([h.tokens for h in hyps])
-    results = [
+    done = [
         Translation(decoded[i * n], hyps[i * n].score, [(decoded[k], hyps[k].score) for k in range(i * n, i * n + n)])
-        for i in range(len(texts))
+        for i in range(len(sentences))
     ]
-    if attention and isinstance(model, torch.nn.Module) and model.has_attention and texts:
-        best = [hyps[i * n] for i in range(len(texts))]
-        for result, record in zip(results, attention_records(model, tokenizer, sources, best)):
+    if options.attention and isinstance(model, torch.nn.Module) and model.has_attention and sentences:
+        best = [hyps[i * n].tokens for i in range(len(sentences))]
+        for result, record in zip(done, attention_records(model, tokenizer, sources, best)):
             result.attention = record
+    results, start = [], 0
+    for own in parts:
+        results.append(joined(done[start : start + len(own)]))
+        start += len(own)
     return results
 
 
@@ -198,77 +205,48 @@ def joined(parts: list[Translation]) -> Translation:
     return Translation(n_best[0][0], n_best[0][1], n_best)
 
 
-@torch.no_grad()
-def attention_records(model, tokenizer: Tokenizer, sources: list[list[int]], best: list[Hypothesis]) -> list[dict]:
-    """Where the model looked while writing each best translation, teacher-forced on it in one batch: per text
+def attention_records(model, tokenizer: Tokenizer, sources: list[list[int]], targets: list[list[int]]) -> list[dict]:
+    """Where the model looked while writing each target (attention_maps.py), as plain data: per text
     {"source": pieces, "target": pieces, "maps": {"<layer>": T×S mean over heads, "<layer>/head<h>": …}}, rows
     the target pieces (EOS included), columns the source pieces (EOS included); weights rounded to 4 places."""
-    limit, eos = source_limit(model), tokenizer.id_to_piece([EOS])
-    sources = [ids[:limit] for ids in sources]
-    targets = [h.tokens[: (model.max_positions or len(h.tokens) + 1) - 1] for h in best]
-    batch = collate(sources, targets, list(range(len(sources)))).to(next(model.parameters()).device)
-    heads = [None] + (list(range(model.attention_heads)) if model.attention_heads > 1 else [])
-    maps = {}
-    for head in heads:
-        for name, weights in model.attention_maps(batch.src, batch.src_mask, batch.tgt_in, head).items():
-            maps[name if head is None else f"{name}/head{head + 1}"] = weights.float().cpu()
-    records = []
-    for i, (src, tgt) in enumerate(zip(sources, targets)):
-        rows, cols = len(tgt) + 1, len(src) + 1
+    eos, records = tokenizer.id_to_piece([EOS]), []
+    for src, tgt, maps in zip(sources, targets, attention_maps(model, sources, targets)):
+        rows, cols = next(iter(maps.values())).shape  # what the model read: cut at its limits, EOS included
         records.append(
             {
-                "source": tokenizer.id_to_piece(src) + eos,
-                "target": tokenizer.id_to_piece(tgt) + eos,
-                "maps": {name: w[i, :rows, :cols].double().round(decimals=4).tolist() for name, w in maps.items()},
+                "source": tokenizer.id_to_piece(src[: cols - 1]) + eos,
+                "target": tokenizer.id_to_piece(tgt[: rows - 1]) + eos,
+                "maps": {name: w.double().round(decimals=4).tolist() for name, w in maps.items()},
             }
         )
     return records
 
 
-def translate_lines(model, tokenizer, lines: list[str], ec, first: int = 1, language: str | None = None) -> list[str]:
-    """One output line per input line (`first` is the number of the first): blank stays blank, n-best lists
-    are joined by tabs.  `model` is a PyTorch model or a CT2Model (engine=ct2).  With `language` a line of
-    several sentences is translated sentence by sentence, their translations joined by a space (module
-    docstring); the sentences of all lines are decoded in one call."""
+def translate_lines(
+    model, tokenizer, lines: list[str], options: DecodingOptions, first: int = 1, language: str | None = None
+) -> list[str]:
+    """translate_full's answers as lines: one output line per input line (`first` is the number of the first),
+    blank stays blank, an n-best list joined by tabs.  `model` is a PyTorch model or a CT2Model (engine=ct2)."""
     texts = [line.strip() for line in lines]
     todo = [i for i, text in enumerate(texts) if text]
-    parts = sentences_of([texts[i] for i in todo], language)
-    names = [
-        f"line {first + i}" + (f", sentence {j + 1}" if len(sentences) > 1 else "")
-        for i, sentences in zip(todo, parts)
-        for j in range(len(sentences))
-    ]
-    sources = [sentence for sentences in parts for sentence in sentences]
-    translations = translate_texts(model, tokenizer, sources, ec, progress=False, names=names) if todo else []
-    out, n, start = [""] * len(texts), ec.n_best, 0
-    for i, sentences in zip(todo, parts):
-        own = translations[start * n : (start + len(sentences)) * n]  # sentence j's k-th best at j·n + k
-        best = [" ".join(own[j * n + k] for j in range(len(sentences))) for k in range(n)]
-        out[i] = "\t".join(t.replace("\n", " ").replace("\r", " ") for t in best)
-        start += len(sentences)
+    names = [f"line {first + i}" for i in todo]
+    done = translate_full(model, tokenizer, [texts[i] for i in todo], options, language, names) if todo else []
+    out = [""] * len(texts)
+    for i, result in zip(todo, done):
+        out[i] = "\t".join(text.replace("\n", " ").replace("\r", " ") for text, _ in result.n_best)
     return out
 
 
 def translate_safely(
-    model, tokenizer, lines: list[str], ec, first: int, language: str | None = None
+    model, tokenizer, lines: list[str], options: DecodingOptions, first: int, language: str | None = None
 ) -> tuple[list[str], int]:
     """translate_lines, but a line that fails leaves its output line empty instead of losing the others:
     (output lines, how many failed)."""
     try:
-        return translate_lines(model, tokenizer, lines, ec, first, language), 0
+        return translate_lines(model, tokenizer, lines, options, first, language), 0
     except (RuntimeError, ValueError, IndexError, MemoryError) as e:
         if len(lines) == 1:
             log.warning("line %d: not translated (%s: %s); its output line is empty", first, type(e).__name__, e)
             return [""], 1
-    results = [translate_safely(model, tokenizer, [line], ec, first + i, language) for i, line in enumerate(lines)]
+    results = [translate_safely(model, tokenizer, [line], options, first + i, language) for i, line in enumerate(lines)]
     return [out for outs, _ in results for out in outs], sum(failed for _, failed in results)
-
-
-def attention_of(model, tokenizer: Tokenizer, text: str, ec) -> tuple[list[Hypothesis], list[str], list[str]]:
-    """One sentence's hypotheses (the best first, each with its attention (T, S)) and the source and target
-    pieces of the best, EOS included, for drawing: rows are target pieces, columns source pieces."""
-    hyps: list[Hypothesis] = decode_sources(model, encode_sources(model, tokenizer, [text]), ec, need_attention=True)
-    best, eos = hyps[0], tokenizer.id_to_piece([EOS])
-    src_pieces = tokenizer.pieces([text])[0] + eos
-    tgt_pieces = (tokenizer.id_to_piece(best.tokens) + eos)[: len(best.attention)]  # no EOS row if cut at the limit
-    return hyps, src_pieces, tgt_pieces

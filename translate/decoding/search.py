@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from translate.data.batching import collate, sorted_batch_order
+from translate.decoding.options import DecodingOptions
 from translate.models.base import Seq2SeqModel
 
 
@@ -18,7 +19,6 @@ from translate.models.base import Seq2SeqModel
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS
     score: float  # sum of log-probabilities, EOS included when emitted
-    attention: torch.Tensor | None = None  # (T, S) for models that expose attention
     normalized: float | None = None  # beam search ranks by score / gnmt_length_penalty(T, alpha)
 
 
@@ -41,9 +41,7 @@ def max_output_lengths(src_mask: torch.Tensor, ratio: float, offset: int) -> tor
 
 
 @torch.no_grad()
-def greedy_search(
-    model: Seq2SeqModel, src, src_mask, bos: int, eos: int, max_len: torch.Tensor, need_attention: bool = False
-) -> list[Hypothesis]:
+def greedy_search(model: Seq2SeqModel, src, src_mask, bos: int, eos: int, max_len: torch.Tensor) -> list[Hypothesis]:
     """Pick the most probable token at every step, for a whole batch at once.
 
     src, src_mask (B, S); max_len (B,) -> one Hypothesis per sentence.
@@ -53,26 +51,22 @@ def greedy_search(
     prev = torch.full((batch,), bos, dtype=torch.long, device=src.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
     scores = torch.zeros(batch, device=src.device)
-    tokens, attention = [], []
+    tokens = []
     for t in range(int(max_len.max())):
-        logits, state = model.decode_step(state, prev, need_attention=need_attention)
+        logits, state = model.decode_step(state, prev)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         best_score, prev = log_probs.max(dim=-1)
         scores += best_score.masked_fill(finished, 0.0)
         tokens.append(prev)
-        if need_attention:
-            attention.append(state["attention"])
         finished |= (prev == eos) | (t + 1 >= max_len)
         if bool(finished.all()):
             break
     tokens = torch.stack(tokens, dim=1).tolist()
-    attention = torch.stack(attention, dim=1) if attention else None
     hypotheses = []
     for i, seq in enumerate(tokens):
         seq = seq[: int(max_len[i])]  # a sentence at its limit went on decoding beside the others: not its tokens
         length = seq.index(eos) if eos in seq else len(seq)
-        att = attention[i, : length + 1, : int(src_mask[i].sum())].cpu() if attention is not None else None
-        hypotheses.append(Hypothesis(seq[:length], float(scores[i]), att))
+        hypotheses.append(Hypothesis(seq[:length], float(scores[i])))
     return hypotheses
 
 
@@ -95,7 +89,6 @@ def beam_search(
     beam_size: int = 5,
     alpha: float = 0.6,
     n_best: int = 1,
-    need_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """Batched beam search: the K beams of all B sentences decode together as B·K rows.
 
@@ -115,14 +108,12 @@ def beam_search(
     if alpha < 0:
         raise ValueError(f"length penalty alpha={alpha} must be >= 0")
     B, K, device = src.shape[0], beam_size, src.device
-    src_len = src_mask.sum(1).tolist()
     state = select(model.encode(src, src_mask), torch.arange(B, device=device).repeat_interleave(K))  # (B·K, …)
     sent = torch.arange(B, device=device)  # (A,) original index of each sentence still decoding
     limit = max_len.to(device)  # (B,)
     scores = torch.full((B, K), float("-inf"), device=device)  # (A, K) sum of log-probs of each live beam
     scores[:, 0] = 0.0  # all beams start equal: keep one, or the first step would fill the beam with copies
     tokens = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (A, K, t) live beams' tokens
-    attention = torch.zeros(B, K, 0, src.shape[1], device=device)  # (A, K, t, S) when need_attention
     prev = torch.full((B * K,), bos, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     num_finished = torch.zeros(B, dtype=torch.long, device=device)  # (B,)
@@ -130,16 +121,13 @@ def beam_search(
 
     for t in range(int(max_len.max())):
         A = sent.numel()
-        logits, state = model.decode_step(state, prev, need_attention=need_attention)
+        logits, state = model.decode_step(state, prev)
         log_probs = torch.log_softmax(logits.float(), dim=-1).view(A, K, -1)  # (A, K, V)
         V = log_probs.shape[-1]
         cand_scores, cand = (scores.unsqueeze(-1) + log_probs).view(A, K * V).topk(2 * K, dim=1)  # (A, 2K), best first
         origin, token = cand // V, cand % V  # the beam each candidate extends, and its new token
         rows = torch.arange(A, device=device).unsqueeze(1)  # (A, 1)
         history = tokens[rows, origin]  # (A, 2K, t)
-        if need_attention:
-            step_attention = state["attention"].float().view(A, K, 1, -1)
-            attention = torch.cat([attention, step_attention], dim=2)[rows, origin]  # (A, 2K, t+1, S)
 
         # finish the EOS candidates among the K best; at a sentence's length limit, finish all K best
         at_limit = t + 1 >= limit[sent]  # (A,)
@@ -148,8 +136,7 @@ def beam_search(
         normalized = cand_scores / gnmt_length_penalty(t + 1, alpha)  # (A, 2K)
         for a, j in ends.nonzero().tolist():
             seq = history[a, j].tolist() + ([] if int(token[a, j]) == eos else [int(token[a, j])])
-            att = attention[a, j, :, : src_len[int(sent[a])]].cpu() if need_attention else None
-            finished[int(sent[a])].append(Hypothesis(seq, float(cand_scores[a, j]), att, float(normalized[a, j])))
+            finished[int(sent[a])].append(Hypothesis(seq, float(cand_scores[a, j]), float(normalized[a, j])))
         num_finished[sent] += ends.sum(1)
         top_finished[sent] = torch.cat([top_finished[sent], normalized.masked_fill(~ends, float("-inf"))], 1).topk(
             n_best, 1
@@ -159,8 +146,6 @@ def beam_search(
         keep = (token == eos).argsort(dim=1, stable=True)[:, :K]  # (A, K)
         scores, origin, token = cand_scores.gather(1, keep), origin.gather(1, keep), token.gather(1, keep)
         tokens = torch.cat([history.gather(1, keep.unsqueeze(-1).expand(-1, -1, t)), token.unsqueeze(-1)], dim=2)
-        if need_attention:
-            attention = attention[rows, keep]
 
         # retire sentences with K finished hypotheses, or whose n best no live beam can beat any more
         best_live = scores[:, 0] / gnmt_length_penalty(limit[sent].float(), alpha)  # upper bound: scores only fall
@@ -170,8 +155,6 @@ def beam_search(
         alive = (~done).nonzero().squeeze(1)  # (A',)
         state = select(state, ((alive * K).unsqueeze(1) + origin[alive]).flatten())  # reorder beams, drop done rows
         sent, scores, tokens, prev = sent[alive], scores[alive], tokens[alive], token[alive].flatten()
-        if need_attention:
-            attention = attention[alive]
 
     return [sorted(hyps, key=lambda h: h.normalized, reverse=True)[:n_best] for hyps in finished]
 
@@ -194,38 +177,31 @@ def translate_ids(
     sources: list[list[int]],
     bos: int,
     eos: int,
-    batch_tokens: int = 6000,
-    max_len_ratio: float = 2.0,
-    max_len_offset: int = 10,
-    beam_size: int = 1,
-    length_penalty: float = 0.6,
-    n_best: int = 1,
-    need_attention: bool = False,
+    options: DecodingOptions = DecodingOptions(),
     progress=None,
 ) -> list[Hypothesis]:
     """Decode many tokenized sentences in length-sorted batches; results come back in input order.
 
     A source longer than the model can place is cut to `source_limit(model)` tokens, an output to
-    `model.max_positions` (callers warn: `translate.decoding.inference.translate_texts`).
+    `model.max_positions` (callers warn: `translate.decoding.inference.encode_sources`).
 
     beam_size 1 is greedy search.  Returns `n_best` hypotheses per sentence, flat and best
     first: those of sentence i are results[i * n_best : (i + 1) * n_best].
     `batch_tokens` counts source tokens × beam_size, so a batch's decoding rows stay bounded.
     """
+    beam_size, n_best, length_penalty = options.beam_size, options.n_best, options.length_penalty
     check_n_best(beam_size, n_best)
     device, limit = next(model.parameters()).device, model.max_positions
     sources = [s[: source_limit(model)] for s in sources]
     results: list[list[Hypothesis]] = [[] for _ in sources]
-    for indices in sorted_batch_order([(len(s) + 1) * beam_size for s in sources], batch_tokens):
+    for indices in sorted_batch_order([(len(s) + 1) * beam_size for s in sources], options.batch_tokens):
         batch = collate([sources[i] for i in indices], None, indices).to(device)
-        max_len = max_output_lengths(batch.src_mask, max_len_ratio, max_len_offset)
+        max_len = max_output_lengths(batch.src_mask, options.max_len_ratio, options.max_len_offset)
         max_len = max_len if limit is None else max_len.clamp(max=limit)
         if beam_size == 1:
-            hyps = [[h] for h in greedy_search(model, batch.src, batch.src_mask, bos, eos, max_len, need_attention)]
+            hyps = [[h] for h in greedy_search(model, batch.src, batch.src_mask, bos, eos, max_len)]
         else:
-            hyps = beam_search(
-                model, batch.src, batch.src_mask, bos, eos, max_len, beam_size, length_penalty, n_best, need_attention
-            )
+            hyps = beam_search(model, batch.src, batch.src_mask, bos, eos, max_len, beam_size, length_penalty, n_best)
         for i, nbest in zip(indices, hyps):
             results[i] = nbest
         if progress is not None:

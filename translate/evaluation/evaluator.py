@@ -21,7 +21,8 @@ from translate.config.stored import evaluation_data
 from translate.data.corpus import CorpusError, Pairs, read_pair_files
 from translate.data.pipeline import load_split
 from translate.data.probe import long_sentence_probe
-from translate.decoding.inference import decoding_options, load_run, translate_texts
+from translate.decoding.inference import load_run, translate_texts
+from translate.decoding.options import DecodingOptions
 from translate.evaluation.metrics import bleu_by_length, corpus_scores
 from translate.evaluation.plots import bleu_by_length_figure, plt
 from translate.evaluation.validation import attention_images, validate, write_validation
@@ -57,13 +58,14 @@ def evaluate(run_dir: str | Path, ec, data_location=None, data=None) -> dict:
     step = TrainState.from_checkpoint(ckpt).step
     data = data if data is not None else (None if ec.src or ec.ref else evaluation_data(cfg.data, data_location))
     name, pairs = evaluation_pairs(data, ec)
+    options = DecodingOptions.of(ec)
     with tqdm(total=len(pairs), desc="decoding", dynamic_ncols=True) as bar:
-        scored = validate(model, tokenizer, pairs, cfg.trainer.loss_chunk, decoding=decoding_options(ec), progress=bar)
+        scored = validate(model, tokenizer, pairs, cfg.trainer.loss_chunk, options=options, progress=bar)
     hypotheses = scored.hypotheses
     probe = None
     if ec.probe_k > 1:
         probe_pairs, _ = long_sentence_probe(pairs, ec.probe_k, ec.probe_per_k)
-        probe_hyps = translate_texts(model, tokenizer, probe_pairs.src, ec)[:: ec.n_best]
+        probe_hyps = translate_texts(model, tokenizer, probe_pairs.src, options)[:: options.n_best]
         probe = {
             "k_max": ec.probe_k,
             "per_k": ec.probe_per_k,

@@ -18,6 +18,8 @@ import torch
 from translate.data.batching import collate
 from translate.data.corpus import Pairs
 from translate.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from translate.decoding.attention_maps import attention_maps
+from translate.decoding.options import DecodingOptions
 from translate.decoding.search import Hypothesis, translate_ids
 from translate.evaluation.metrics import corpus_scores
 from translate.evaluation.plots import attention_figure
@@ -70,21 +72,20 @@ def validate(
     pairs: Pairs,
     loss_chunk: int = 1024,
     decode_first: int = 0,
-    decoding: dict | None = None,
+    options: DecodingOptions = DecodingOptions(),
     autocast=nullcontext,
     progress=None,
 ) -> Validation:
     """Loss and perplexity over all `pairs`; BLEU, chrF, chrF++ and TER of the first `decode_first` (0: all) decoded
-    with `decoding` (translate_ids keywords; greedy by default), the best of each n-best list scored (the four
+    with `options` (greedy by default), the best of each n-best list scored (the four
     together cost well under a second on 1,000 sentences, next to decoding them).
     `autocast` is a context factory (translate.runtime.device.autocast) for the model's arithmetic."""
     model.eval()
     src, tgt = tokenizer.encode(pairs.src), tokenizer.encode(pairs.tgt)
     loss = target_nll(model, src, tgt, loss_chunk, autocast)
     n = decode_first or len(pairs)
-    decoding = decoding or {}
     with autocast():
-        hyps = translate_ids(model, src[:n], BOS, EOS, progress=progress, **decoding)[:: decoding.get("n_best", 1)]
+        hyps = translate_ids(model, src[:n], BOS, EOS, options, progress=progress)[:: options.n_best]
     hypotheses = tokenizer.decode([h.tokens for h in hyps])
     return Validation(loss, corpus_scores(hypotheses, pairs.tgt[:n]), src[:n], hyps, hypotheses)
 
@@ -95,17 +96,14 @@ def attention_images(
     """{"sentence<i>/<map>": figure}: the model's attention (source × hypothesis) for the first `count` sentences."""
     if not model.has_attention:
         return {}
-    device, figures = next(model.parameters()).device, {}
-    for i in range(min(count, len(result.hyps))):
-        tokens = result.hyps[i].tokens
-        batch = collate([result.sources[i]], [tokens], [i]).to(device)
-        src_pieces = tokenizer.id_to_piece(result.sources[i]) + ["</s>"]
-        tgt_pieces = tokenizer.id_to_piece(tokens) + ["</s>"]
-        with torch.no_grad():
-            maps = model.attention_maps(batch.src, batch.src_mask, batch.tgt_in, head)
+    shown = min(count, len(result.hyps))
+    sources, targets, figures = result.sources[:shown], [h.tokens for h in result.hyps[:shown]], {}
+    for i, maps in enumerate(attention_maps(model, sources, targets, heads=[head]) if shown else []):
+        src_pieces = tokenizer.id_to_piece(sources[i]) + ["</s>"]
+        tgt_pieces = tokenizer.id_to_piece(targets[i]) + ["</s>"]
         for name, weights in maps.items():
-            figures[f"sentence{i}/{name}"] = attention_figure(
-                weights[0].float().cpu().numpy(), src_pieces, tgt_pieces, title
+            figures[f"sentence{i}/{name.split('/')[0]}"] = attention_figure(
+                weights.numpy(), src_pieces, tgt_pieces, title
             )
     return figures
 

@@ -13,9 +13,10 @@ the model (`translate.decoding.search.select`).  Nothing of a sentence is kept o
 `attention_heads`: how many heads `attention_maps(…, head=h)` can pick from (1 for the RNNs).
 
 Attention, for the models that have it (`has_attention`):
-    decode_step(state, prev, need_attention=True)     also puts this step's weights in state["attention"], (B, S)
     features(…, return_attention=True)                -> (features, weights (B, T, S))
     attention_maps(src, src_mask, tgt_in, head)       -> {name: (B, T, S)}, every map worth drawing
+Search collects no attention: teacher-forced on what it wrote, a model gives the maps its search saw
+(translate/decoding/attention_maps.py).
 Weights sum to 1 over the real source tokens and are 0 on padding.  A model without attention
 refuses these requests with `NoAttentionError`.
 """
@@ -42,9 +43,7 @@ class Seq2SeqModel(Protocol):
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> DecodingState: ...
 
-    def decode_step(
-        self, state: DecodingState, prev: torch.Tensor, need_attention: bool = False
-    ) -> tuple[torch.Tensor, DecodingState]: ...
+    def decode_step(self, state: DecodingState, prev: torch.Tensor) -> tuple[torch.Tensor, DecodingState]: ...
 
     def features(
         self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor, return_attention: bool = False

@@ -145,9 +145,7 @@ class RNNEncoderDecoder(RNNSeq2Seq):
         outputs, hidden = self.decoder(torch.cat([embedded, context], dim=-1), self._hidden_in(state))
         return self.readout(outputs, embedded, context), {**state, **self._hidden_out(hidden)}
 
-    def decode_step(self, state, prev, need_attention: bool = False):
-        if need_attention:
-            raise self.no_attention()
+    def decode_step(self, state, prev):
         features, state = self._decode(state, prev.unsqueeze(1))
         return self.generator(features.squeeze(1)), state
 
@@ -233,11 +231,9 @@ class AttentionRNN(RNNSeq2Seq):
             new = {"hidden": self.decoder(rnn_in, state["hidden"])}
         return context, weights, {**state, **new, "position": state["position"] + 1}
 
-    def decode_step(self, state, prev, need_attention: bool = False):
+    def decode_step(self, state, prev):
         embedded = self.dropout(self.tgt_embedding(prev))  # (B, E)
-        context, weights, new_state = self._step(state, embedded)
-        if need_attention:
-            new_state["attention"] = weights
+        context, _, new_state = self._step(state, embedded)
         return self.generator(self.readout(state["hidden"], embedded, context)), new_state
 
     def features(self, src, src_mask, tgt_in, return_attention: bool = False):

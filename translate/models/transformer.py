@@ -206,10 +206,8 @@ class Transformer(EncoderDecoder):
             weights.append(layer_weights)
         return self.decoder_norm(x), {**state, "cache": caches}, weights if need_weights else None
 
-    def decode_step(self, state, prev, need_attention: bool = False):
-        features, state, weights = self._decode(state, prev.unsqueeze(1), incremental=True, need_weights=need_attention)
-        if need_attention:  # last layer's cross-attention, mean over heads: (B, S)
-            state["attention"] = weights[-1].mean(dim=1)[:, -1]
+    def decode_step(self, state, prev):
+        features, state, _ = self._decode(state, prev.unsqueeze(1), incremental=True, need_weights=False)
         return self.generator(features.squeeze(1)), state
 
     def features(self, src, src_mask, tgt_in, return_attention: bool = False):

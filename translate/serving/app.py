@@ -33,7 +33,7 @@ import ipaddress
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -43,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from translate.serving.batcher import Batcher, DecodingFailed, Job, Options, QueueFull, answer_bytes
+from translate.decoding.options import DecodingOptions
+from translate.serving.batcher import Batcher, DecodingFailed, Job, QueueFull, answer_bytes
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def lone_surrogate(text: str) -> int | None:
 def create_app(
     models: dict,
     batcher: Batcher,
-    defaults: Options,
+    defaults: DecodingOptions,
     limits: Limits = Limits(),
     comparison: dict | None = None,
     figure: bytes | None = None,
@@ -391,7 +392,7 @@ def create_app(
     return app
 
 
-def refuse_request(body: TranslateRequest, name: str | None, models: dict, limits: Limits, defaults: Options):
+def refuse_request(body: TranslateRequest, name: str | None, models: dict, limits: Limits, defaults: DecodingOptions):
     """The error answering a request the server will not take (a bad value or a limit passed), or None."""
     if name is None:
         return error(422, f"model: required when several are loaded ({', '.join(models)})")
@@ -422,13 +423,20 @@ def refuse_request(body: TranslateRequest, name: str | None, models: dict, limit
     return None
 
 
-def new_job(body: TranslateRequest, name: str, models: dict, defaults: Options) -> Job:
+def new_job(body: TranslateRequest, name: str, models: dict, defaults: DecodingOptions) -> Job:
     """The batcher's job for a request refuse_request took: its options, the server's defaults filled in."""
     beam = body.beam_size or defaults.beam_size
     penalty = defaults.length_penalty if body.length_penalty is None else body.length_penalty
     split = defaults.split_sentences if body.split_sentences is None else body.split_sentences
     attention = body.attention and models[name].model.has_attention
-    options = Options(beam, body.n_best, penalty, attention, split and not body.attention)
+    options = replace(
+        defaults,
+        beam_size=beam,
+        n_best=body.n_best,
+        length_penalty=penalty,
+        attention=attention,
+        split_sentences=split and not body.attention,
+    )
     return Job(name, [text.strip() for text in body.texts], options, asyncio.get_running_loop())
 
 
@@ -440,7 +448,7 @@ def answer_too_large(size: int, limits: Limits) -> JSONResponse:
     )
 
 
-def answer(name: str, body: TranslateRequest, options: Options, results) -> dict:
+def answer(name: str, body: TranslateRequest, options: DecodingOptions, results) -> dict:
     """The JSON of a translate request's answer (plain data: json.dumps takes it directly)."""
     return {
         "model": name,

@@ -1,8 +1,8 @@
 """Requests from many clients decoded together: a bounded queue and one worker thread that batches them.
 
-    batcher = Batcher(models, decoding, max_queue=64, batch_tokens=6000, max_wait=0.005)
+    batcher = Batcher(models, max_queue=64, batch_tokens=6000, max_wait=0.005)
     batcher.start()
-    job = Job("transformer", ["Ein Hund läuft."], Options(beam_size=5), loop)
+    job = Job("transformer", ["Ein Hund läuft."], DecodingOptions(beam_size=5), loop)
     batcher.submit(job)            # QueueFull when max_queue requests wait: the server answers 503
     translations = await job.future
     batcher.stop()                 # takes no more, finishes what waits, then returns
@@ -15,7 +15,7 @@ request whose client went away is cancelled: it leaves the queue at once, or is 
 A batch that fails is decoded again request by request, so that only the request that fails gets the error
 (DecodingFailed; its traceback goes to the log).  `attention_bytes` bounds, before decoding, the attention maps
 of a request's answer; `answer_bytes` measures an answer before its JSON is built.
-With `split_sentences` a text of several sentences is translated sentence by sentence, by the rules of the
+With options.split_sentences a text of several sentences is translated sentence by sentence, by the rules of the
 model's source language (its run's data.src_lang), the translations joined by a space.
 """
 
@@ -25,13 +25,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 
-from translate.data.batching import collate
 from translate.data.tokenizer import EOS
+from translate.decoding.attention_maps import attention_maps
 from translate.decoding.inference import Translation, encode_sources, translate_full
+from translate.decoding.options import DecodingOptions
 from translate.decoding.search import source_limit
 
 log = logging.getLogger(__name__)
@@ -52,20 +52,11 @@ class DecodingFailed(Exception):
     """This request's texts could not be translated, alone (HTTP 500; the cause is in the log)."""
 
 
-@dataclass(frozen=True)
-class Options:
-    beam_size: int = 1
-    n_best: int = 1
-    length_penalty: float = 0.6
-    attention: bool = False
-    split_sentences: bool = True  # each text sentence by sentence (the server's eval.split_sentences by default)
-
-
 @dataclass(eq=False)
 class Job:
     model: str
     texts: list[str]
-    options: Options
+    options: DecodingOptions
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future = field(init=False)
     cancelled: bool = False
@@ -93,10 +84,9 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, models: dict, decoding: dict, max_queue: int, batch_tokens: int, max_wait: float):
-        """`models`: name -> ServedModel; `decoding`: the EvalConfig settings every request shares
-        (batch_tokens, max_len_ratio, max_len_offset)."""
-        self.models, self.decoding = models, decoding
+    def __init__(self, models: dict, max_queue: int, batch_tokens: int, max_wait: float):
+        """`models`: name -> ServedModel; each job brings its decoding options."""
+        self.models = models
         self.max_queue, self.batch_tokens, self.max_wait = max_queue, batch_tokens, max_wait
         self.queue: deque[Job] = deque()
         self.changed = threading.Condition()
@@ -195,16 +185,9 @@ class Batcher:
     def translate(self, batch: list[Job]) -> list[Translation]:
         """The translations of every text of the batch's jobs, in order, in one call of the inference API."""
         first = batch[0]
-        served, options = self.models[first.model], first.options
-        ec = SimpleNamespace(
-            **self.decoding,
-            beam_size=options.beam_size,
-            n_best=options.n_best,
-            length_penalty=options.length_penalty,
-        )
+        served = self.models[first.model]
         texts = [text for job in batch for text in job.texts]
-        language = served.cfg.data.src_lang if options.split_sentences else None
-        return translate_full(served.model, served.tokenizer, texts, ec, attention=options.attention, language=language)
+        return translate_full(served.model, served.tokenizer, texts, first.options, served.cfg.data.src_lang)
 
     def attention_bytes(self, job: Job) -> int:
         """The most bytes the job's answer with attention can take: for each text, every map of the model
@@ -217,7 +200,7 @@ class Batcher:
             return 0
         model = served.model
         limit, most = source_limit(model), model.max_positions
-        ratio, offset = self.decoding.get("max_len_ratio", 2.0), self.decoding.get("max_len_offset", 10)
+        ratio, offset = job.options.max_len_ratio, job.options.max_len_offset
         total = 0
         for ids in encode_sources(model, served.tokenizer, job.texts, warn=False):  # decoding warns of cuts
             columns = (len(ids) if limit is None else min(len(ids), limit)) + 1
@@ -231,13 +214,10 @@ class Batcher:
 @torch.no_grad()
 def attention_maps_per_text(model) -> int:
     """How many maps an answer with attention holds per text: the model's attention layers, each as the mean over
-    heads and, with several heads, each head (inference.attention_records); 0 for a model without attention."""
+    heads and, with several heads, each head (attention_maps.py); 0 for a model without attention."""
     if not isinstance(model, torch.nn.Module) or not model.has_attention:
         return 0
-    batch = collate([[EOS]], [[EOS]], [0]).to(next(model.parameters()).device)
-    layers = len(model.attention_maps(batch.src, batch.src_mask, batch.tgt_in, None))
-    heads = model.attention_heads
-    return layers * (1 + (heads if heads > 1 else 0))
+    return len(attention_maps(model, [[EOS]], [[EOS]])[0])
 
 
 def answer_bytes(results: list[Translation]) -> int:

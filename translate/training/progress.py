@@ -1,5 +1,6 @@
-"""What the training loop shows while it runs: the mean loss since the last report, target tokens/s, the learning
-rate and gradient norm, as TensorBoard scalars, on the progress bar and, every tenth report, in the log."""
+"""What the training loop shows while it runs: the mean loss since the last report, target tokens/s, MFU, peak
+memory, the learning rate and gradient norm, as TensorBoard scalars, on the progress bar and, every tenth report,
+in the log."""
 
 import logging
 import math
@@ -11,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from translate.evaluation.validation import write_validation
+from translate.training.throughput import peak_memory_mib
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,14 @@ def event_writers(run_dir: Path, step: int, train_seconds: float, enabled: bool 
 class TrainingProgress:
     """Sums the training NLL on the device between reports, so the loop syncs with the host only when it reports."""
 
-    def __init__(self, writer, device: torch.device, dist=None):
+    def __init__(self, writer, device: torch.device, dist=None, flops_per_token=None, peak_gflops=None):
         """`dist` (translate.runtime.ranks.Distributed): the loss reported is the mean over every rank's tokens,
-        shown and written by rank 0 alone."""
+        shown and written by rank 0 alone.  MFU is reported where `flops_per_token` and `peak_gflops` (one rank's
+        matmul peak) are known: every rank's tokens/s × FLOPs per token ÷ (ranks × peak)."""
         self.writer, self.device, self.dist = writer, device, dist
+        ranks = dist.world_size if dist is not None else 1
+        self.flops_per_s_at_peak = peak_gflops * 1e9 * ranks if flops_per_token and peak_gflops else None
+        self.flops_per_token = flops_per_token
         self.enabled = dist is None or dist.is_main
         self.bar = None
         self._reset(time.perf_counter())
@@ -80,11 +86,21 @@ class TrainingProgress:
                 f"(last.pt keeps step {kept_step})"
             )
         tokens_per_s = self.all_tokens / max(now - self.since, 1e-9)
-        for tag, value in (("loss", loss), ("lr", lr), ("tokens_per_s", tokens_per_s), ("grad_norm", float(grad_norm))):
+        memory = peak_memory_mib(self.device)
+        scalars = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_s, "grad_norm": float(grad_norm)}
+        scalars["peak_memory_mib"] = memory
+        mfu = self.flops_per_token * tokens_per_s / self.flops_per_s_at_peak if self.flops_per_s_at_peak else None
+        if mfu is not None:
+            scalars["mfu"] = mfu
+        for tag, value in scalars.items():
             self.writer.add_scalar(f"train/{tag}", value, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         if loud and self.enabled:
-            log.info("step %d epoch %d loss %.3f lr %.2e %.0f target tok/s", step, epoch + 1, loss, lr, tokens_per_s)
+            usage = f", MFU {mfu:.1%}" if mfu is not None else ""
+            log.info(
+                "step %d epoch %d loss %.3f lr %.2e %.0f target tok/s%s, peak memory %.0f MiB",
+                *(step, epoch + 1, loss, lr, tokens_per_s, usage, memory),
+            )
         self._reset(now)
 
 

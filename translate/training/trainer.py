@@ -4,6 +4,10 @@ Everything that decides the next step is saved to `last.pt` at every validation 
 optimizer, schedule, and one `TrainState` (counters, epoch and position in its batch order,
 best score, patience, RNG states of every rank) — so a killed run resumes exactly.
 
+Callbacks (`Trainer(…, callbacks=[f])`) see every update: f(trainer, UpdateReport), after the update and before
+its logging and validation; the benchmarks measure through them.  Each run logs its target tokens/s, MFU (model
+FLOPs over the measured matmul peak, translate/training/throughput.py) and peak memory.
+
 Data parallel (translate/runtime/ranks.py): every rank runs this loop on its share of each step's
 batches through DistributedDataParallel; rank 0 alone validates and writes, the others wait for it.
 """
@@ -11,6 +15,8 @@ batches through DistributedDataParallel; rank 0 alone validates and writes, the 
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,6 +53,7 @@ from translate.runtime.device import (
 )
 from translate.runtime.ranks import Distributed
 from translate.training.progress import NonFiniteLossError, TrainingProgress, event_writers, show_validation
+from translate.training.throughput import flops_per_target_token, matmul_peak_gflops
 from translate.training.update import Updater
 
 log = logging.getLogger(__name__)
@@ -69,11 +76,32 @@ def log_start(trainer: "Trainer", why: str) -> None:
     log.info("%s, %s (batch_tokens caps each batch)", world, tokens)
 
 
+@dataclass(frozen=True)
+class UpdateReport:
+    """What a callback learns of one update."""
+
+    step: int  # updates done, this one included
+    tokens: int  # target tokens of the update, every rank's
+    padded_tokens: int  # target positions of this rank's batches, padding included
+    batch_seconds: float  # this rank's time building the update's batches
+
+
+FLOPS_SAMPLE = 16  # sentences whose FLOPs are counted, once per run (translate/training/throughput.py)
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class Trainer:
     """Trains `cfg.model` on `cfg.data` into `run_dir`: fit() runs the loop, validate() scores and checkpoints."""
 
-    def __init__(self, cfg, run_dir: str | Path, dist: Distributed | None = None, device: torch.device | None = None):
-        self.cfg, self.tc, self.run_dir = cfg, cfg.trainer, Path(run_dir)
+    def __init__(
+        self,
+        cfg,
+        run_dir: str | Path,
+        dist: Distributed | None = None,
+        device: torch.device | None = None,
+        callbacks: Sequence[Callable[["Trainer", UpdateReport], None]] = (),
+    ):
+        self.cfg, self.tc, self.run_dir, self.callbacks = cfg, cfg.trainer, Path(run_dir), list(callbacks)
         self.dist = dist or Distributed()
         self.main = self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +121,7 @@ class Trainer:
         self.num_parameters = count_parameters(self.model)
         self.update = Updater(self.model, self.tc, self.device, self.dist, self.autocast, self.precision)
         self.stop_requested, self.interrupted = (lambda: False), False
+        self.flops_per_token = self.peak_gflops = None  # measured when fit() starts (measure_throughput)
         self.state = TrainState()
         if cfg.get("resume"):
             self.load_state(Path(cfg.resume) / "last.pt")
@@ -154,14 +183,17 @@ class Trainer:
         GracefulStop) turns true on any rank (then `interrupted`; such a run is neither validated nor saved here);
         returns the last validation."""
         tc, state, last_valid, stopping = self.tc, self.state, {}, False
+        self.measure_throughput()
         started = time.perf_counter() - state.train_seconds
-        progress = TrainingProgress(self.writer, self.device, self.dist)
+        progress = TrainingProgress(self.writer, self.device, self.dist, self.flops_per_token, self.peak_gflops)
         self.stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
         while state.epoch < tc.max_epochs and not stopping:
             order = self.epoch_batches()
             with progress.epoch(state.epoch, len(order), state.batch_in_epoch):
                 while state.batch_in_epoch < len(order):
+                    building = time.perf_counter()
                     batches = self.my_batches(order[state.batch_in_epoch])
+                    building = time.perf_counter() - building
                     my_tokens = sum(batch.num_tgt_tokens for batch, weight in batches if weight)
                     tokens, stopping = self.agree(my_tokens)
                     if stopping:
@@ -172,6 +204,11 @@ class Trainer:
                     state.tokens_trained += tokens
                     state.train_seconds = time.perf_counter() - started
                     progress.add(nll, my_tokens, tokens)
+                    if self.callbacks:
+                        padded = sum(batch.tgt_out.numel() for batch, weight in batches if weight)
+                        report = UpdateReport(state.step, tokens, padded, building)
+                        for callback in self.callbacks:
+                            callback(self, report)
                     if state.step % tc.log_every == 0:
                         loud, kept = state.step % (10 * tc.log_every) == 0, state.step - state.step % tc.valid_every
                         lr = self.update.scheduler.get_last_lr()[0]
@@ -186,6 +223,22 @@ class Trainer:
         if state.step % tc.valid_every and not self.interrupted:  # the final state is validated and saved
             last_valid = self.validate()
         return last_valid
+
+    def measure_throughput(self) -> None:
+        """FLOPs per target token (counted on FLOPS_SAMPLE sentences of the next batch) and, on rank 0, the matmul
+        peak of this precision: what MFU is reported against.  Neither changes what training does."""
+        if self.flops_per_token is not None:
+            return
+        order = self.epoch_batches()
+        examples = order[min(self.state.batch_in_epoch, len(order) - 1)][:FLOPS_SAMPLE] if order else []
+        try:
+            batches = [self.collate([example]) for example in examples]
+            self.flops_per_token = flops_per_target_token(self.model, batches, self.tc, self.autocast) or None
+            if self.main:
+                self.peak_gflops = matmul_peak_gflops(PEAK_DTYPES[self.precision], self.device)
+        except Exception as e:  # a model torch's counter cannot follow (hard attention): no MFU, only that
+            log.warning("MFU not reported: %s: %s", type(e).__name__, str(e).splitlines()[0][:200])
+            self.flops_per_token = self.peak_gflops = None
 
     # ---- validation --------------------------------------------------------------------------
     def validate(self) -> dict:
@@ -202,7 +255,7 @@ class Trainer:
         """Validation loss / perplexity over all pairs, greedy BLEU over the first N; keeps best.pt by BLEU."""
         started, state, tc, tokenizer = time.perf_counter(), self.state, self.tc, self.data.tokenizer
         valid, model = self.data.valid, self.update.inference_model  # the moving average, if the run keeps one
-        result = validate(model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, None, self.autocast)
+        result = validate(model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, autocast=self.autocast)
         if not math.isfinite(result.loss):
             raise NonFiniteLossError(
                 f"non-finite validation loss at step {state.step}; lower trainer.lr (last.pt kept)"
