@@ -109,11 +109,12 @@ def serve_once(run: Path) -> list[str]:
     """Load the run as the server does and answer /v1/models once, in-process (no port needed)."""
     code = (
         "import sys, json; from fastapi.testclient import TestClient; from translate.serving.registry import "
-        "load_models; from translate.serving.app import create_app; from translate.serving.batcher import Batcher, "
-        "Options; from translate.runtime.errors import UserError\n"
+        "load_models; from translate.serving.app import create_app; from translate.serving.batcher import Batcher; "
+        "from translate.decoding.options import DecodingOptions; from translate.runtime.errors import UserError\n"
         "try: models = load_models([sys.argv[1]], device='cpu')\n"
         "except UserError as e: sys.exit(f'error: {e}')\n"
-        "r = TestClient(create_app(models, Batcher(models, {}, 1, 1, 0), Options()), raise_server_exceptions=False)"
+        "app = create_app(models, Batcher(models, 1, 1, 0), DecodingOptions())\n"
+        "r = TestClient(app, raise_server_exceptions=False)"
         ".get('/v1/models', headers={'Host': '127.0.0.1'})\n"
         "print(r.status_code, len(r.content), 'bytes'); sys.exit(0 if r.status_code == 200 else 1)"
     )

@@ -92,7 +92,8 @@ EOF
 mkdir -p "$WORK/venv/bin"
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$PY" >"$WORK/venv/bin/python"
 printf '#!/bin/sh\nexec "%s" -m torch.distributed.run "$@"\n' "$PY" >"$WORK/venv/bin/torchrun"
-chmod +x "$WORK/joeynmt-python" "$WORK/venv/bin/python" "$WORK/venv/bin/torchrun"
+printf '#!/bin/sh\nexec "%s" -m translate "$@"\n' "$PY" >"$WORK/venv/bin/translate"  # the console command
+chmod +x "$WORK/joeynmt-python" "$WORK/venv/bin/python" "$WORK/venv/bin/torchrun" "$WORK/venv/bin/translate"
 touch "$WORK/venv/.installed"
 export PY WORK ROOT
 

@@ -1,4 +1,4 @@
-"""`make significance` (translate.significance, translate/evaluation/paired_tests.py): evaluated runs compared with
+"""`make significance` (commands/significance.py, evaluation/paired_tests.py): evaluated runs compared with
 the first by sacreBLEU's paired bootstrap and approximate randomisation, against sacreBLEU's own command line on the
 same files; runs scored on different test sets, or with missing or altered files, refused with one line.  The runs
 are fake evaluated run directories (eval/test.{json,hyp,ref}, written as evaluation writes them): no training."""
