@@ -34,6 +34,26 @@ def multi30k_dir() -> Path:
     return SHARED_MULTI30K
 
 
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, multi30k_dir) -> Path:
+    """Three small runs side by side, trained (40 updates) and evaluated, as one `make compare` leaves them; once per
+    test process, shared by the server's tests (read only)."""
+    from omegaconf import OmegaConf
+
+    from translate.config.schema import EvalConfig
+    from translate.evaluation.evaluator import evaluate
+    from translate.training.run import train
+
+    root = tmp_path_factory.mktemp("sweep")
+    data = ["trainer.precision=fp32", "data.train_limit=1500", "data.valid_limit=20", "data.test_limit=20"]
+    data += ["data.tokenizer.vocab_size=600", f"data.tokenizer.cache_dir={root.parent / 'tokenizers'}"]
+    steps = ["trainer.max_steps=40", "trainer.valid_every=40", "trainer.batch_tokens=1500", "trainer.warmup_steps=10"]
+    for family in ("rnn", "rnn_attention", "transformer"):
+        train(compose_train([*data, *SMALL_MODELS[family], *steps]), root / family)
+        evaluate(root / family, OmegaConf.structured(EvalConfig(probe_per_k=2)))
+    return root
+
+
 def compose_train(overrides: list[str]):
     """The training config exactly as `translate train <overrides>` would see it."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):

@@ -1,6 +1,6 @@
-"""What the server's tests share (tests/test_serve.py, tests/test_serve_bounds.py): three small runs trained and
-evaluated (the fixture `sweep`, once per module that imports it), and `translate serve` as a real
-process on 127.0.0.1."""
+"""What the server's tests share (tests/test_serve.py, tests/test_serve_bounds.py) besides the session fixture
+`sweep` (tests/conftest.py: three small runs trained and evaluated): `translate serve` as a real process on
+127.0.0.1."""
 
 import http.client
 import json
@@ -13,37 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-from conftest import compose_train
-from omegaconf import OmegaConf
-
-from translate.config.schema import EvalConfig
-from translate.evaluation.evaluator import evaluate
-from translate.training.run import train
-
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("rnn", "rnn_attention", "transformer")
-STEPS = ["trainer.max_steps=40", "trainer.valid_every=40", "trainer.batch_tokens=1500", "trainer.warmup_steps=10"]
-
-
-@pytest.fixture(scope="module", name="sweep")
-def trained_sweep(tmp_path_factory, multi30k_dir) -> Path:
-    """Three runs side by side, trained and evaluated, as one `make compare` leaves them."""
-    root = tmp_path_factory.mktemp("sweep")
-    cache = root.parent / "tokenizers"
-    small = {
-        "rnn": ["model=rnn", "model.emb_dim=32", "model.hidden_dim=48"],
-        "rnn_attention": ["model=rnn_attention", "model.emb_dim=32", "model.hidden_dim=48", "model.attention_dim=32"],
-        "transformer": ["model=transformer", "model.d_model=32", "model.heads=2", "model.ff_dim=64"]
-        + ["model.enc_layers=2", "model.dec_layers=2"],
-    }
-    data = ["trainer.precision=fp32", "data.train_limit=1500", "data.valid_limit=20", "data.test_limit=20"]
-    data += ["data.tokenizer.vocab_size=600", f"data.tokenizer.cache_dir={cache}"]
-    for family in FAMILIES:
-        run = root / family
-        train(compose_train([*data, *small[family], *STEPS]), run)
-        evaluate(run, OmegaConf.structured(EvalConfig(probe_per_k=2)))
-    return root
 
 
 def free_port() -> int:

@@ -33,3 +33,26 @@ def test_the_pattern_finds_tracker_numbers_and_nothing_else():
         assert TRACKER.search(text), text
     for text in ("color: #1f77b4", "&#9654;", "docs/results/README.md#long-inputs", "step_1.pt", "# 1 = greedy"):
         assert not TRACKER.search(text), text
+
+
+MAX_SCRIPT_FUNCTION = 80  # lines: a benchmark's function longer than this is split, or its shared part moves to
+# scripts/measure.py (run and measure a process) or the library
+
+
+def long_functions(path: Path, limit: int) -> list[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    functions = (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    return [f"{path.name}:{f.lineno} {f.name}: {f.end_lineno - f.lineno + 1} lines" for f in functions
+            if f.end_lineno - f.lineno + 1 > limit]  # fmt: skip
+
+
+def test_no_function_in_scripts_is_longer_than_80_lines(tmp_path):
+    found = [
+        line for path in sorted((ROOT / "scripts").glob("*.py")) for line in long_functions(path, MAX_SCRIPT_FUNCTION)
+    ]
+    assert not found, "split these:\n" + "\n".join(found)
+    long = tmp_path / "long.py"
+    long.write_text("def f():\n" + "    x = 1\n" * 80)
+    assert long_functions(long, MAX_SCRIPT_FUNCTION) == ["long.py:1 f: 81 lines"]  # the check sees one

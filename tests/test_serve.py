@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serving_fixtures import FAMILIES, Server, trained_sweep, until  # noqa: F401 (the fixture `sweep`)
+from serving_fixtures import FAMILIES, Server, until
 
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import load_run, translate_full

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-from serving_fixtures import Server, trained_sweep, until  # noqa: F401 (the fixture `sweep`)
+from serving_fixtures import Server, until
 
 from translate.data.corpus import SHARED_MULTI30K, read_lines
 from translate.decoding.inference import Translation
