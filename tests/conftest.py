@@ -143,3 +143,20 @@ def copy_model(name: str):
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+# ---- tiny models and batches, shared by the model tests -------------------------------------------------------------
+def padded_batch(vocab: int, tgt_len: int = 7):
+    """src (4, 9) with two padded rows (lengths 6 and 2), its mask, and tgt_in (4, tgt_len): random ids ≥ 4, seed 1."""
+    torch.manual_seed(1)
+    src = torch.randint(4, vocab, (4, 9))
+    src[1, 6:] = 0
+    src[3, 2:] = 0
+    return src, src != 0, torch.randint(4, vocab, (4, tgt_len))
+
+
+def tiny_attention_rnn(attention: str, vocab: int = 40, seed: int = 0, **changes):
+    """An attention RNN (one layer each side, embeddings 16, hidden 24, attention 12) with scorer `attention`."""
+    torch.manual_seed(seed)
+    sizes = dict(enc_layers=1, dec_layers=1, emb_dim=16, hidden_dim=24, attention_dim=12)
+    return build_model(ModelConfig(name="rnn_attention", attention=attention, **(sizes | changes)), vocab)

@@ -7,10 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_attention_rnn
 
-from translate.config.schema import ModelConfig
 from translate.data.batching import collate
-from translate.models import build_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gradient_variance.py"
 spec = importlib.util.spec_from_file_location("gradient_variance", SCRIPT)
@@ -22,19 +21,7 @@ CFG = SimpleNamespace(trainer=SimpleNamespace(label_smoothing=0.1, loss_chunk=5)
 
 
 def _model(attention, dropout=0.1, **extra):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        name="rnn_attention",
-        enc_layers=1,
-        dec_layers=1,
-        attention=attention,
-        emb_dim=16,
-        hidden_dim=24,
-        attention_dim=12,
-        dropout=dropout,
-        **extra,
-    )
-    return build_model(config, V)
+    return tiny_attention_rnn(attention, V, dropout=dropout, **extra)
 
 
 def _batches(count=2):

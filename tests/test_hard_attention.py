@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import compose_train
+from conftest import compose_train, tiny_attention_rnn
 from omegaconf import OmegaConf
 
 from translate.config.rules import check_config
@@ -38,8 +38,7 @@ def _config(attention, **extra):
 
 
 def _model(attention, seed=0, **extra):
-    torch.manual_seed(seed)
-    return build_model(_config(attention, **extra), V)
+    return tiny_attention_rnn(attention, V, seed, **extra)
 
 
 def _batch(seed=1):

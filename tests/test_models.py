@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import padded_batch
 
 from translate.config.schema import ModelConfig
 from translate.decoding.search import greedy_search, select
@@ -75,11 +76,7 @@ def _model(key):
 
 
 def _batch():
-    torch.manual_seed(1)
-    src = torch.randint(4, V, (4, 9))
-    src[1, 6:] = 0
-    src[3, 2:] = 0
-    return src, src != 0, torch.randint(4, V, (4, 7))
+    return padded_batch(V)
 
 
 @pytest.mark.parametrize("key", list(CONFIGS))

@@ -4,7 +4,7 @@ and sinusoidal exactly as before the choice existed."""
 
 import pytest
 import torch
-from conftest import SMALL_MODELS, compose_train
+from conftest import SMALL_MODELS, compose_train, padded_batch
 from omegaconf import OmegaConf
 
 from translate.config.schema import ModelConfig, TrainConfig
@@ -33,11 +33,7 @@ def _model(scheme, **changes):
 
 
 def _batch(tgt_len=12):
-    torch.manual_seed(1)
-    src = torch.randint(4, V, (4, 9))
-    src[1, 6:] = 0
-    src[3, 2:] = 0
-    return src, src != 0, torch.randint(4, V, (4, tgt_len))
+    return padded_batch(V, tgt_len)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
