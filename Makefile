@@ -110,8 +110,8 @@ translate: $(ENV)  ## make translate RUN=<run dir> [eval.beam_size=5] [attention
 	@test -n $(call sh,$(value RUN)) || { echo "usage: make translate RUN=<run dir> [eval.beam_size=5] [attention=out.png] [engine=ct2 [quantization=int8]] < in.txt > out.txt" >&2; exit 2; }
 	@$(TRANSLATE) translate $(RUN_ARG) $(HYDRA_ARGS)
 
-export: $(ENV)  ## make export RUN=<run dir> [quantization=int8] [checkpoint=last]: a Transformer as a CTranslate2 model, <run>/ct2[-<q>]/
-	@test -n $(call sh,$(value RUN)) || { echo "usage: make export RUN=<run dir> [quantization=int8|int8_float32|float16|none] [checkpoint=best|last|averaged]"; exit 2; }
+export: $(ENV)  ## make export RUN=<run dir> [quantization=int8] [checkpoint=last] [format=hf]: a Transformer for CTranslate2, <run>/ct2[-<q>]/, or transformers, <run>/hf/
+	@test -n $(call sh,$(value RUN)) || { echo "usage: make export RUN=<run dir> [quantization=int8|int8_float32|float16|none] [checkpoint=best|last|averaged] [format=ct2|hf]"; exit 2; }
 	$(TRANSLATE) export $(RUN_ARG) $(HYDRA_ARGS)
 
 average: $(ENV)  ## make average RUN=<run dir> [last=5] [out=averaged]: mean weights of the newest numbered checkpoints

@@ -1,7 +1,8 @@
-"""Export a Transformer run for CTranslate2: `translate export run=<run dir> [quantization=int8]`.
+"""Export a Transformer run: `translate export run=<run dir> [quantization=int8] [format=hf]`.
 
-Writes <run>/ct2/ or <run>/ct2-<quantization>/ (translate/decoding/ct2_export.py: the layout and how our
-weights map onto CTranslate2's specification); `make translate RUN=… engine=ct2` decodes with it.
+Writes <run>/ct2/ or <run>/ct2-<quantization>/ for CTranslate2 (translate/decoding/ct2_export.py: the layout and
+how our weights map onto CTranslate2's specification; `make translate RUN=… engine=ct2` decodes with it), or with
+format=hf <run>/hf/, a stock `transformers` model and tokenizer (translate/decoding/hf_export.py).
 """
 
 import json
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from translate.config.rules import check_config
 from translate.config.schema import CONFIG_DIR, register_configs
 from translate.decoding.ct2_export import METADATA, directory_size, export_run
+from translate.decoding.hf_export import export_hf
 from translate.runtime.errors import one_line_errors
 
 register_configs()
@@ -30,6 +32,13 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
     check_config(cfg)
+    if cfg.format == "hf":
+        target = export_hf(cfg.run, cfg.checkpoint)
+        print(
+            f"wrote {target}: a transformers model and tokenizer, {directory_size(target) / 1e6:.1f} MB; "
+            f"load with AutoModelForSeq2SeqLM.from_pretrained and AutoTokenizer.from_pretrained('{target}')"
+        )
+        return
     target = export_run(cfg.run, cfg.checkpoint, cfg.quantization)
     metadata = json.loads((target / METADATA).read_text(encoding="utf-8"))
     size = directory_size(target)

@@ -124,6 +124,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(["header_timeout_s", "body_timeout_s", "write_timeout_s", "graceful_timeout_s"], SECONDS),
     # translate and export (decoding/ct2_export.py): the engine, and CTranslate2's weight types
     "engine": one_of("torch", "ct2"),
+    "format": one_of("ct2", "hf"),
     "quantization": one_of(
         "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16"
     ),

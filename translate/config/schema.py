@@ -271,6 +271,8 @@ class AverageConfig:
 class ExportConfig:
     run: str = "???"  # the run directory written by training (a transformer)
     checkpoint: str = "best"  # best | last | averaged | a path to a .pt file
+    # ct2: <run>/ct2[-<quantization>] for CTranslate2 | hf: <run>/hf, a stock transformers model and tokenizer
+    format: str = "ct2"
     # CTranslate2 weight type: none (float32) | int8 | int8_float32 | int8_float16 | int8_bfloat16 | int16 | float16
     # | bfloat16; written to <run>/ct2 (none) or <run>/ct2-<quantization>
     quantization: str = "none"

@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,7 @@ def transformer_spec(model, pre_norm: bool, vocabulary: list[str]):
 def _remove_abandoned_builds(run_dir: Path) -> None:
     """Delete what killed exports left: their temporary directories (named with their process id, now gone)."""
     for marker in (BUILDING, REPLACED):
-        for path in run_dir.glob(f".ct2*{marker}*"):
+        for path in run_dir.glob(f".*{marker}*"):
             try:
                 os.kill(int(path.name.split(marker, 1)[1].split("-", 1)[0]), 0)
             except ProcessLookupError:
@@ -189,6 +190,24 @@ def _put_in_place(built: Path, target: Path) -> None:
     else:
         built.rename(target)
     fsync_directory(target.parent)
+
+
+@contextmanager
+def export_building(run_dir: Path, target: Path):
+    """A temporary directory in `run_dir` to write an export into: put in place as `target` (replacing an older
+    one) when the block ends, removed if it fails; what killed exports left is removed first."""
+    refuse_link(target, "directory")
+    _remove_abandoned_builds(run_dir)
+    built = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{target.name}{BUILDING}{os.getpid()}-"))
+    try:
+        os.chmod(built, 0o777 & ~UMASK)
+        yield built
+        for path in built.iterdir():  # as any file the project writes (some writers make theirs private)
+            os.chmod(path, 0o666 & ~UMASK)
+        _fsync_tree(built)
+        _put_in_place(built, target)
+    finally:
+        shutil.rmtree(built, ignore_errors=True)
 
 
 def directory_size(directory: Path) -> int:
@@ -220,11 +239,7 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", quantization: str 
     spec.optimize(quantization=None if quantization == "none" else quantization)
 
     target = export_dir(run_dir, quantization)
-    refuse_link(target, "directory")
-    _remove_abandoned_builds(run_dir)
-    built = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{target.name}{BUILDING}{os.getpid()}-"))
-    try:
-        os.chmod(built, 0o777 & ~UMASK)
+    with export_building(run_dir, target) as built:
         spec.save(str(built))
         shutil.copyfile(tokenizer.model_file, built / TOKENIZER)
         metadata = {
@@ -239,8 +254,4 @@ def export_run(run_dir: str | Path, checkpoint: str = "best", quantization: str 
             "ctranslate2": ctranslate2.__version__,
         }
         (built / METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(built)
-        _put_in_place(built, target)
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
     return target
