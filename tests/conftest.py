@@ -54,6 +54,19 @@ def sweep(tmp_path_factory, multi30k_dir) -> Path:
     return root
 
 
+def optional_package(name: str):
+    """An optional dependency (pyproject.toml's extras, all in `dev`): imported, or the test skipped, except under
+    CI=true, where its absence fails."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (pip install -e '.[dev]')")
+        pytest.skip(f"{name} is not installed")
+
+
 def compose_train(overrides: list[str]):
     """The training config exactly as `translate train <overrides>` would see it."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_DATA, SMALL_MODELS, compose_train
+from conftest import SMALL_DATA, SMALL_MODELS, compose_train, optional_package
 from omegaconf import OmegaConf
 
 from translate.config.schema import EvalConfig, ModelConfig
@@ -54,13 +54,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ctranslate2():
-    try:
-        import ctranslate2
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("ctranslate2 is not installed (pip install -e '.[dev]')")
-        pytest.skip("ctranslate2 is not installed")
-    return ctranslate2
+    return optional_package("ctranslate2")
 
 
 @pytest.fixture(scope="module")

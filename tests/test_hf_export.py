@@ -1,11 +1,9 @@
 """translate/decoding/hf_export.py: our Transformers as stock `transformers` models (Pegasus for pre-norm, Marian
 for post-norm), computing what ours compute."""
 
-import os
-
 import pytest
 import torch
-from conftest import BOS, EOS, copy_model, copy_sentences
+from conftest import BOS, EOS, copy_model, copy_sentences, optional_package
 
 from translate.config.schema import ModelConfig
 from translate.data.batching import collate
@@ -17,13 +15,7 @@ from translate.runtime.errors import UserError
 
 @pytest.fixture(scope="module")
 def transformers():
-    try:
-        import transformers
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("transformers is not installed (pip install -e '.[dev]')")
-        pytest.skip("transformers is not installed")
-    return transformers
+    return optional_package("transformers")
 
 
 def tiny(pre_norm: bool, tied: bool):
