@@ -110,19 +110,30 @@ def test_make_export_format_hf_loads_in_stock_transformers_and_translates_as_our
     import subprocess
     import sys
 
+    import yaml
     from conftest import SMALL_DATA, SMALL_MODELS, compose_train
+    from omegaconf import OmegaConf
 
+    from translate.config.schema import EvalConfig
     from translate.data.tokenizer import Tokenizer
+    from translate.evaluation.evaluator import evaluate
     from translate.training.run import train
 
     run, cache = tmp_path / "run", f"data.tokenizer.cache_dir={tmp_path / 'tokenizers'}"
     steps = ["trainer.max_steps=60", "trainer.valid_every=60", "trainer.batch_tokens=1500", "trainer.lr=5e-3"]
     train(compose_train([*SMALL_DATA, *SMALL_MODELS["transformer"], *steps, "trainer.warmup_steps=20", cache]), run)
+    scores = evaluate(run, OmegaConf.structured(EvalConfig(probe_k=0)))  # what the model card reports
     command = [sys.executable, "-m", "translate", "export", f"run={run}", "format=hf"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"wrote {run / 'hf'}: a transformers model and tokenizer")
     assert {p.name for p in (run / "hf").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    card = (run / "hf" / "README.md").read_text(encoding="utf-8")
+    header = yaml.safe_load(card.split("---\n")[1])  # the Hub's YAML header
+    (result,) = header["model-index"][0]["results"]
+    bleu = next(m for m in result["metrics"] if m["type"] == "bleu")
+    assert header["language"] == ["de", "en"] and bleu["value"] == scores["bleu"]
+    assert bleu["args"] == scores["bleu_signature"] and "| 0–9 |" in card and "step 60" in card
     with gzip.open(multi30k_dir / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     (tmp_path / "test.de").write_text("".join(line + "\n" for line in lines), encoding="utf-8")

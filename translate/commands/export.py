@@ -16,6 +16,7 @@ from translate.config.rules import check_config
 from translate.config.schema import CONFIG_DIR, register_configs
 from translate.decoding.ct2_export import METADATA, directory_size, export_run
 from translate.decoding.hf_export import export_hf
+from translate.evaluation.model_card import model_card
 from translate.runtime.errors import one_line_errors
 
 register_configs()
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
     check_config(cfg)
     if cfg.format == "hf":
-        target = export_hf(cfg.run, cfg.checkpoint)
+        target = export_hf(cfg.run, cfg.checkpoint, readme=model_card)
         print(
             f"wrote {target}: a transformers model and tokenizer, {directory_size(target) / 1e6:.1f} MB; "
             f"load with AutoModelForSeq2SeqLM.from_pretrained and AutoTokenizer.from_pretrained('{target}')"

@@ -180,21 +180,27 @@ def hf_tokenizer(model_file: str | Path):
     return PreTrainedTokenizerFast(tokenizer_object=fast, **{k: pieces[i][0] for k, i in names.items()})
 
 
-def export_hf(run_dir: str | Path, checkpoint: str = "best") -> Path:
-    """Write <run>/hf: the model (safetensors), its config and generation config, and the tokenizer, loadable by
-    AutoModelForSeq2SeqLM and AutoTokenizer; returns the directory."""
+def export_hf(run_dir: str | Path, checkpoint: str = "best", readme=None) -> Path:
+    """Write <run>/hf: the model (safetensors), its config and generation config, the tokenizer, loadable by
+    AutoModelForSeq2SeqLM and AutoTokenizer, and `readme(run_dir, cfg, step, architecture)` as README.md (the model
+    card, translate/evaluation/model_card.py); returns the directory."""
     from translate.decoding.ct2_export import export_building
     from translate.decoding.inference import load_run
+    from translate.runtime.checkpoints import TrainState
 
     import_transformers()
     run_dir = Path(run_dir)
-    model, tokenizer, cfg, _ = load_run(run_dir, checkpoint, "cpu")
+    model, tokenizer, cfg, ckpt = load_run(run_dir, checkpoint, "cpu")
     check_exportable(cfg.model)
     theirs, fast = hf_model(model, cfg.model), hf_tokenizer(tokenizer.model_file)
     theirs.generation_config.update(num_beams=1, do_sample=False, max_length=model.max_positions)
+    step = TrainState.from_checkpoint(ckpt).step
+    card = readme(run_dir, cfg, step, type(theirs).__name__) if readme else None
     with export_building(run_dir, run_dir / HF_DIR) as built:
         theirs.save_pretrained(built, safe_serialization=True)
         fast.save_pretrained(built)
+        if card is not None:
+            (built / "README.md").write_text(card, encoding="utf-8")
     return run_dir / HF_DIR
 
 
