@@ -191,7 +191,6 @@ def export_hf(run_dir: str | Path, checkpoint: str = "best", readme=None) -> Pat
     import_transformers()
     run_dir = Path(run_dir)
     model, tokenizer, cfg, ckpt = load_run(run_dir, checkpoint, "cpu")
-    check_exportable(cfg.model)
     theirs, fast = hf_model(model, cfg.model), hf_tokenizer(tokenizer.model_file)
     theirs.generation_config.update(num_beams=1, do_sample=False, max_length=model.max_positions)
     step = TrainState.from_checkpoint(ckpt).step

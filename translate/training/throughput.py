@@ -29,6 +29,22 @@ from translate.runtime.host import cpu_model
 log = logging.getLogger(__name__)
 
 PEAK_CACHE = PROJECT_ROOT / "data" / "cache" / "host"  # one small JSON per host, dtype, device and thread count
+FLOPS_SAMPLE = 16  # sentences whose FLOPs are counted, once per run
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measure_throughput(trainer, step_batch: list) -> tuple[float | None, float | None]:
+    """What a trainer's MFU is reported against: FLOPs per target token, counted on FLOPS_SAMPLE sentences of
+    `step_batch` (examples), and on rank 0 the matmul peak of its precision (None elsewhere).  (None, None), with a
+    warning, for a model torch's counter cannot follow (hard attention).  Neither changes what training does."""
+    try:
+        batches = [trainer.collate([example]) for example in step_batch[:FLOPS_SAMPLE]]
+        flops = flops_per_target_token(trainer.model, batches, trainer.tc, trainer.autocast) or None
+        peak = matmul_peak_gflops(PEAK_DTYPES[trainer.precision], trainer.device) if trainer.main else None
+        return flops, peak
+    except Exception as e:
+        log.warning("MFU not reported: %s: %s", type(e).__name__, str(e).splitlines()[0][:200])
+        return None, None
 
 
 def flops_per_target_token(model, batches: list, tc, autocast) -> float:

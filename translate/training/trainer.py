@@ -53,7 +53,7 @@ from translate.runtime.device import (
 )
 from translate.runtime.ranks import Distributed
 from translate.training.progress import NonFiniteLossError, TrainingProgress, event_writers, show_validation
-from translate.training.throughput import flops_per_target_token, matmul_peak_gflops
+from translate.training.throughput import measure_throughput
 from translate.training.update import Updater
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,6 @@ class UpdateReport:
     tokens: int  # target tokens of the update, every rank's
     padded_tokens: int  # target positions of this rank's batches, padding included
     batch_seconds: float  # this rank's time building the update's batches
-
-
-FLOPS_SAMPLE = 16  # sentences whose FLOPs are counted, once per run (translate/training/throughput.py)
-PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Trainer:
@@ -121,7 +117,7 @@ class Trainer:
         self.num_parameters = count_parameters(self.model)
         self.update = Updater(self.model, self.tc, self.device, self.dist, self.autocast, self.precision)
         self.stop_requested, self.interrupted = (lambda: False), False
-        self.flops_per_token = self.peak_gflops = None  # measured when fit() starts (measure_throughput)
+        self.flops_per_token = self.peak_gflops = None  # measured when fit() starts (throughput.py)
         self.state = TrainState()
         if cfg.get("resume"):
             self.load_state(Path(cfg.resume) / "last.pt")
@@ -182,13 +178,15 @@ class Trainer:
         """Train until max_epochs / max_steps / max_minutes or patience runs out, or `stop.requested` (a
         GracefulStop) turns true on any rank (then `interrupted`; such a run is neither validated nor saved here);
         returns the last validation."""
-        tc, state, last_valid, stopping = self.tc, self.state, {}, False
-        self.measure_throughput()
-        started = time.perf_counter() - state.train_seconds
-        progress = TrainingProgress(self.writer, self.device, self.dist, self.flops_per_token, self.peak_gflops)
+        tc, state, last_valid, stopping, progress = self.tc, self.state, {}, False, None
         self.stop_requested = (lambda: stop.requested) if stop is not None else (lambda: False)
         while state.epoch < tc.max_epochs and not stopping:
             order = self.epoch_batches()
+            if progress is None:  # what MFU is reported against, measured once on the next batch's sentences
+                next_batch = order[min(state.batch_in_epoch, len(order) - 1)] if order else []
+                self.flops_per_token, self.peak_gflops = measure_throughput(self, next_batch)
+                started = time.perf_counter() - state.train_seconds
+                progress = TrainingProgress(self.writer, self.device, self.dist, self.flops_per_token, self.peak_gflops)
             with progress.epoch(state.epoch, len(order), state.batch_in_epoch):
                 while state.batch_in_epoch < len(order):
                     building = time.perf_counter()
@@ -204,11 +202,7 @@ class Trainer:
                     state.tokens_trained += tokens
                     state.train_seconds = time.perf_counter() - started
                     progress.add(nll, my_tokens, tokens)
-                    if self.callbacks:
-                        padded = sum(batch.tgt_out.numel() for batch, weight in batches if weight)
-                        report = UpdateReport(state.step, tokens, padded, building)
-                        for callback in self.callbacks:
-                            callback(self, report)
+                    report_update(self, tokens, batches, building)
                     if state.step % tc.log_every == 0:
                         loud, kept = state.step % (10 * tc.log_every) == 0, state.step - state.step % tc.valid_every
                         lr = self.update.scheduler.get_last_lr()[0]
@@ -224,51 +218,42 @@ class Trainer:
             last_valid = self.validate()
         return last_valid
 
-    def measure_throughput(self) -> None:
-        """FLOPs per target token (counted on FLOPS_SAMPLE sentences of the next batch) and, on rank 0, the matmul
-        peak of this precision: what MFU is reported against.  Neither changes what training does."""
-        if self.flops_per_token is not None:
-            return
-        order = self.epoch_batches()
-        examples = order[min(self.state.batch_in_epoch, len(order) - 1)][:FLOPS_SAMPLE] if order else []
-        try:
-            batches = [self.collate([example]) for example in examples]
-            self.flops_per_token = flops_per_target_token(self.model, batches, self.tc, self.autocast) or None
-            if self.main:
-                self.peak_gflops = matmul_peak_gflops(PEAK_DTYPES[self.precision], self.device)
-        except Exception as e:  # a model torch's counter cannot follow (hard attention): no MFU, only that
-            log.warning("MFU not reported: %s: %s", type(e).__name__, str(e).splitlines()[0][:200])
-            self.flops_per_token = self.peak_gflops = None
-
     # ---- validation --------------------------------------------------------------------------
     def validate(self) -> dict:
         """Every rank calls it: rank 0 validates and saves while the others wait; the outcome (best score,
         patience) is then shared.  Returns rank 0's validation summary ({} elsewhere)."""
         rng = self.dist.gather(rng_states())
-        summary = self.validate_and_save(rng) if self.main else {}
+        summary = validate_and_save(self, rng) if self.main else {}
         state = self.state
         shared = (state.best_bleu, state.best_step, state.bad_validations, state.valid_seconds)
         state.best_bleu, state.best_step, state.bad_validations, state.valid_seconds = self.dist.broadcast(shared)
         return summary
 
-    def validate_and_save(self, rng: list[dict]) -> dict:
-        """Validation loss / perplexity over all pairs, greedy BLEU over the first N; keeps best.pt by BLEU."""
-        started, state, tc, tokenizer = time.perf_counter(), self.state, self.tc, self.data.tokenizer
-        valid, model = self.data.valid, self.update.inference_model  # the moving average, if the run keeps one
-        result = validate(model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, autocast=self.autocast)
-        if not math.isfinite(result.loss):
-            raise NonFiniteLossError(
-                f"non-finite validation loss at step {state.step}; lower trainer.lr (last.pt kept)"
-            )
-        improved, seconds = state.record_validation(result.bleu), time.perf_counter() - started
-        state.valid_seconds += seconds
-        state.train_seconds += seconds  # its clock was read before this validation (the last one is after every step)
-        head = None if tc.attention_head < 0 else tc.attention_head
-        images = attention_images(model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
-        writers = (self.writer, self.time_writer)
-        show_validation(
-            writers, state.step, state.train_seconds, seconds, improved, result, valid, tc.num_samples, images
-        )
-        self.save("last", rng)
-        keep_checkpoints(self.run_dir, state.step, tc.keep_last, improved)
-        return result.summary(state.step)
+
+def validate_and_save(trainer: Trainer, rng: list[dict]) -> dict:
+    """Rank 0's validation: loss / perplexity over all pairs, greedy BLEU over the first N, shown and logged;
+    last.pt saved, best.pt kept by BLEU."""
+    started, state, tc, tokenizer = time.perf_counter(), trainer.state, trainer.tc, trainer.data.tokenizer
+    valid, model = trainer.data.valid, trainer.update.inference_model  # the moving average, if the run keeps one
+    result = validate(model, tokenizer, valid, tc.loss_chunk, tc.valid_bleu_sentences, autocast=trainer.autocast)
+    if not math.isfinite(result.loss):
+        raise NonFiniteLossError(f"non-finite validation loss at step {state.step}; lower trainer.lr (last.pt kept)")
+    improved, seconds = state.record_validation(result.bleu), time.perf_counter() - started
+    state.valid_seconds += seconds
+    state.train_seconds += seconds  # its clock was read before this validation (the last one is after every step)
+    head = None if tc.attention_head < 0 else tc.attention_head
+    images = attention_images(model, tokenizer, result, tc.attention_maps, head, f"step {state.step}")
+    writers = (trainer.writer, trainer.time_writer)
+    show_validation(writers, state.step, state.train_seconds, seconds, improved, result, valid, tc.num_samples, images)
+    trainer.save("last", rng)
+    keep_checkpoints(trainer.run_dir, state.step, tc.keep_last, improved)
+    return result.summary(state.step)
+
+
+def report_update(trainer: Trainer, tokens: int, batches: list, batch_seconds: float) -> None:
+    """Each callback's view of the update just made (UpdateReport)."""
+    if trainer.callbacks:
+        padded = sum(batch.tgt_out.numel() for batch, weight in batches if weight)
+        report = UpdateReport(trainer.state.step, tokens, padded, batch_seconds)
+        for callback in trainer.callbacks:
+            callback(trainer, report)
